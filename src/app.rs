@@ -1,0 +1,175 @@
+//! The subcommands: what `serve`, `migrate`, `generate` and `demo` do, over the library's pieces. Each opens the
+//! database (starting the private cluster when DATABASE_URL is unset) and always stops what it started, also after
+//! an error or Ctrl-C.
+
+use std::net::SocketAddr;
+
+use chrono::{Days, Utc};
+use tokio::net::TcpListener;
+use tokio_postgres::Client;
+
+use crate::{
+    config::{DatasetArgs, DbArgs, DemoArgs, GenerateArgs, ServeArgs},
+    db::Database,
+    error::Error,
+    generate::{self, DatasetSpec},
+    migrate, partitions,
+    server::{self, ServerOptions},
+};
+
+/// `serve`: migrate, then serve until SIGINT or SIGTERM.
+pub async fn serve(args: ServeArgs) -> Result<(), Error> {
+    let db = Database::open(&args.db).await?;
+    let result = serve_on(&db, &args, |_| {}).await;
+    finish(db, result).await
+}
+
+/// `migrate`: apply pending migrations.
+pub async fn migrate(args: DbArgs) -> Result<(), Error> {
+    let db = Database::open(&args).await?;
+    let result = async {
+        let mut client = db.connect(args.connect_timeout).await?;
+        let applied = migrate::run(&mut client).await?;
+        match applied.as_slice() {
+            [] => println!("schema is current"),
+            versions => println!("applied migrations {versions:?}"),
+        }
+        Ok(())
+    }
+    .await;
+    finish(db, result).await
+}
+
+/// `generate`: load a synthetic dataset into an empty database.
+pub async fn generate(args: GenerateArgs) -> Result<(), Error> {
+    let db = Database::open(&args.db).await?;
+    let result = async {
+        let mut client = db.connect(args.db.connect_timeout).await?;
+        migrate::run(&mut client).await?;
+        let markets = count_markets(&client).await?;
+        if markets > 0 {
+            return Err(Error::invalid(
+                "--database-url",
+                format!("the database already holds {markets} markets; generate loads into an empty database"),
+            ));
+        }
+        load(&mut client, &args.dataset).await
+    }
+    .await;
+    finish(db, result).await
+}
+
+/// `demo`: like `serve`, on a sample dataset generated the first time.
+pub async fn demo(args: DemoArgs) -> Result<(), Error> {
+    let db = Database::open(&args.serve.db).await?;
+    let result = async {
+        let mut client = db.connect(args.serve.db.connect_timeout).await?;
+        migrate::run(&mut client).await?;
+        match count_markets(&client).await? {
+            0 => {
+                println!("loading the sample dataset (first start only)");
+                load(&mut client, &args.dataset).await?;
+            }
+            markets => println!("using the sample data already loaded ({markets} markets)"),
+        }
+        drop(client);
+        serve_on(&db, &args.serve, print_try_it).await
+    }
+    .await;
+    finish(db, result).await
+}
+
+/// Stops the private cluster, if any; the command's own error wins over a failure to stop.
+async fn finish(db: Database, result: Result<(), Error>) -> Result<(), Error> {
+    let stopped = db.shutdown().await;
+    result?;
+    stopped
+}
+
+/// Migrates, creates the partitions ahead, binds the listener, and serves until a shutdown signal. `on_listening`
+/// runs once the port is bound.
+async fn serve_on(db: &Database, args: &ServeArgs, on_listening: fn(SocketAddr)) -> Result<(), Error> {
+    let timeout = args.db.connect_timeout;
+    {
+        let mut client = db.connect(timeout).await?;
+        migrate::run(&mut client).await?;
+        partitions::ensure_ahead(&client, Utc::now(), args.partitions_ahead).await?;
+    }
+    let pool = db.pool(args.db.pool_size, timeout).await?;
+    let listener =
+        TcpListener::bind(args.listen).await.map_err(|e| Error::io(format!("listen on {}", args.listen), e))?;
+    let local = listener.local_addr().map_err(|e| Error::io("read listener address", e))?;
+    on_listening(local);
+    let options = ServerOptions { partitions_ahead: args.partitions_ahead };
+    server::run(listener, pool, options, shutdown_signal()).await
+}
+
+async fn count_markets(client: &Client) -> Result<i64, Error> {
+    Ok(client.query_one("SELECT count(*) FROM markets", &[]).await?.get(0))
+}
+
+/// Generates the dataset and reports what it loaded and how fast.
+async fn load(client: &mut Client, dataset: &DatasetArgs) -> Result<(), Error> {
+    let spec = DatasetSpec {
+        seed: dataset.seed,
+        markets: dataset.markets,
+        days: dataset.days,
+        trades: dataset.trades,
+        start: dataset.start,
+    };
+    let report = generate::generate(client, &spec).await?;
+    let end = dataset.start.checked_add_days(Days::new(u64::from(dataset.days))).unwrap_or(dataset.start);
+    println!(
+        "loaded {} rows in {:.1} s ({:.0} rows/s): {} series, {} events, {} markets, {} settlements, {} trades, \
+         {} order-book snapshots, {} deltas, {} lifecycle events, from {} to {} (seed {})",
+        report.total_rows(),
+        report.elapsed.as_secs_f64(),
+        report.rows_per_sec(),
+        report.series,
+        report.events,
+        report.markets,
+        report.settlements,
+        report.trades,
+        report.snapshots,
+        report.deltas,
+        report.lifecycle,
+        dataset.start,
+        end,
+        dataset.seed,
+    );
+    Ok(())
+}
+
+fn print_try_it(addr: SocketAddr) {
+    println!(
+        "\nkalshi-replay is serving gRPC on {addr}; try:\n  \
+         grpcurl -plaintext {addr} list\n  \
+         grpcurl -plaintext {addr} grpc.health.v1.Health/Check\n  \
+         grpcurl -plaintext {addr} describe kalshi.replay.v1.ReplayService\n\
+         press Ctrl-C to stop\n"
+    );
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for sigterm, only ctrl-c stops the server");
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown requested");
+}

@@ -1,0 +1,116 @@
+//! Command-line and environment configuration. Every flag has an environment variable, and `--help` shows both.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use chrono::NaiveDate;
+use clap::{Args, Parser, Subcommand};
+
+/// Stores Kalshi market history in PostgreSQL and replays it deterministically over gRPC.
+#[derive(Debug, Parser)]
+#[command(name = "kalshi-replay", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log filter in tracing's EnvFilter syntax, e.g. `info` or `kalshi_replay=debug,tower=warn`.
+    #[arg(long, env = "KALSHI_REPLAY_LOG", default_value = "info", global = true)]
+    pub log: String,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve gRPC (applies pending migrations first).
+    Serve(ServeArgs),
+    /// Apply pending database migrations and exit.
+    Migrate(DbArgs),
+    /// Load a deterministic synthetic dataset into an empty database.
+    Generate(GenerateArgs),
+    /// Serve gRPC on a sample dataset, generated on first start (the quickest way to try the service).
+    Demo(DemoArgs),
+}
+
+/// Where the data lives.
+#[derive(Debug, Clone, Args)]
+pub struct DbArgs {
+    /// PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db. Unset: a private PostgreSQL is started in
+    /// --data-dir and stopped on exit.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Directory of the private PostgreSQL (used only when --database-url is unset). Data survives restarts.
+    #[arg(long, env = "KALSHI_REPLAY_DATA_DIR", default_value = ".kalshi-replay")]
+    pub data_dir: PathBuf,
+    /// Maximum number of pooled database connections.
+    #[arg(long, env = "KALSHI_REPLAY_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub pool_size: u32,
+    /// How long to wait for the database at start-up and for a pooled connection, e.g. `10s`, `500ms`.
+    #[arg(long, env = "KALSHI_REPLAY_CONNECT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+}
+
+/// `serve` options.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Database options.
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Address to serve gRPC on.
+    #[arg(long, env = "KALSHI_REPLAY_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// How many UTC days ahead of today the server keeps daily partitions created.
+    #[arg(long, env = "KALSHI_REPLAY_PARTITIONS_AHEAD", default_value_t = 7, value_parser = clap::value_parser!(u32).range(0..=366))]
+    pub partitions_ahead: u32,
+}
+
+/// The shape of a synthetic dataset.
+#[derive(Debug, Clone, Args)]
+pub struct DatasetArgs {
+    /// Seed of the generator: the same seed and sizes give identical rows.
+    #[arg(long, env = "KALSHI_REPLAY_SEED", default_value_t = 42)]
+    pub seed: u64,
+    /// Number of markets.
+    #[arg(long, env = "KALSHI_REPLAY_MARKETS", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub markets: u32,
+    /// Number of UTC days of history.
+    #[arg(long, env = "KALSHI_REPLAY_DAYS", default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..=3660))]
+    pub days: u32,
+    /// Number of trades in total.
+    #[arg(long, env = "KALSHI_REPLAY_TRADES", default_value_t = 1_000_000)]
+    pub trades: u64,
+    /// First UTC day of the dataset (YYYY-MM-DD).
+    #[arg(long, env = "KALSHI_REPLAY_START", default_value = "2026-01-05")]
+    pub start: NaiveDate,
+}
+
+/// `generate` options.
+#[derive(Debug, Clone, Args)]
+pub struct GenerateArgs {
+    /// Database options.
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Dataset shape.
+    #[command(flatten)]
+    pub dataset: DatasetArgs,
+}
+
+/// `demo` options.
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Server options.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// Shape of the dataset generated when the database holds no trades.
+    #[command(flatten)]
+    pub dataset: DatasetArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,130 @@
+//! Database access: where the database is (DATABASE_URL or a private cluster), connecting with a clear error, and
+//! the connection pool the services share.
+
+use std::time::Duration;
+
+use bb8_postgres::PostgresConnectionManager;
+use tokio_postgres::{Client, Config, NoTls, config::Host};
+
+use crate::{config::DbArgs, error::Error, pg::PrivatePostgres};
+
+/// The pool every RPC borrows connections from.
+pub type Pool = bb8::Pool<PostgresConnectionManager<NoTls>>;
+
+/// Name of the database the private cluster keeps the data in.
+const PRIVATE_DB: &str = "kalshi_replay";
+
+/// Session settings of every connection: UTC, so that day boundaries and rendered timestamps never follow a
+/// server's local zone.
+const SESSION_OPTIONS: &str = "-c TimeZone=UTC";
+
+/// The database a command works on: an external server, or a private cluster this process owns.
+#[derive(Debug)]
+pub struct Database {
+    config: Config,
+    private: Option<PrivatePostgres>,
+}
+
+impl Database {
+    /// Uses DATABASE_URL when set; otherwise starts (and, the first time, creates) the private cluster in
+    /// `args.data_dir`.
+    pub async fn open(args: &DbArgs) -> Result<Self, Error> {
+        match &args.database_url {
+            Some(url) => {
+                let config = parse_url(url)?;
+                Ok(Self { config, private: None })
+            }
+            None => {
+                let private = PrivatePostgres::start(&args.data_dir.join("pg")).await?;
+                let admin = connect(&private.config("postgres"), args.connect_timeout).await?;
+                let exists =
+                    admin.query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&PRIVATE_DB]).await?.is_some();
+                if !exists {
+                    admin.batch_execute(&format!("CREATE DATABASE {PRIVATE_DB}")).await?;
+                }
+                let config = with_session_options(private.config(PRIVATE_DB));
+                Ok(Self { config, private: Some(private) })
+            }
+        }
+    }
+
+    /// An external database at `config` (the tests use this for their per-test databases).
+    pub fn external(config: Config) -> Self {
+        Self { config: with_session_options(config), private: None }
+    }
+
+    /// The connection settings.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// A single connection, e.g. for migrations or a bulk load.
+    pub async fn connect(&self, timeout: Duration) -> Result<Client, Error> {
+        connect(&self.config, timeout).await
+    }
+
+    /// A pool of up to `size` connections. Fails with a clear error when the database cannot be reached, rather
+    /// than at the first request.
+    pub async fn pool(&self, size: u32, timeout: Duration) -> Result<Pool, Error> {
+        // prove the database is reachable first: bb8 would otherwise retry quietly until the first request
+        drop(self.connect(timeout).await?);
+        let manager = PostgresConnectionManager::new(self.config.clone(), NoTls);
+        bb8::Pool::builder()
+            .max_size(size)
+            .connection_timeout(timeout)
+            .build(manager)
+            .await
+            .map_err(|e| Error::Connect { target: describe(&self.config), reason: e.to_string() })
+    }
+
+    /// Stops the private cluster, if this process started one.
+    pub async fn shutdown(self) -> Result<(), Error> {
+        if let Some(private) = self.private {
+            private.stop().await?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses a DATABASE_URL (URL or key=value form).
+pub fn parse_url(url: &str) -> Result<Config, Error> {
+    let config: Config = url
+        .parse()
+        .map_err(|e: tokio_postgres::Error| Error::invalid("DATABASE_URL", format!("not a PostgreSQL URL: {e}")))?;
+    Ok(with_session_options(config))
+}
+
+fn with_session_options(mut config: Config) -> Config {
+    config.options(SESSION_OPTIONS).application_name("kalshi-replay");
+    config
+}
+
+/// Connects one client and drives its connection on a task. The error names the server (never the password)
+/// and the reason, in one line.
+pub async fn connect(config: &Config, timeout: Duration) -> Result<Client, Error> {
+    let attempt = tokio::time::timeout(timeout, config.connect(NoTls)).await;
+    let failure = |reason: String| Error::Connect { target: describe(config), reason };
+    let (client, connection) = match attempt {
+        Err(_) => return Err(failure(format!("no answer within {timeout:?}"))),
+        Ok(Err(e)) => return Err(failure(e.to_string())),
+        Ok(Ok(pair)) => pair,
+    };
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "database connection closed");
+        }
+    });
+    Ok(client)
+}
+
+/// host:port/dbname for messages; credentials are left out.
+pub fn describe(config: &Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(Host::Tcp(h)) => h.clone(),
+        Some(Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".to_owned(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let db = config.get_dbname().or(config.get_user()).unwrap_or("postgres");
+    format!("{host}:{port}/{db}")
+}

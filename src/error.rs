@@ -1,0 +1,214 @@
+//! The service's error type and its one mapping to gRPC status codes.
+//!
+//! Every variant is matched explicitly in `From<Error> for Status` (no catch-all arm), so a new variant does not
+//! compile until someone decides its code. Database details are logged, never sent: clients get a bounded message
+//! without SQL text.
+
+use tokio_postgres::error::SqlState;
+use tonic::{Code, Status};
+
+use crate::pg::PgError;
+
+/// Everything that can go wrong while serving or maintaining the service.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A request field is malformed or out of range.
+    #[error("{field}: {reason}")]
+    InvalidArgument {
+        /// The request field, e.g. `start_time` or `trades[3].yes_price_micros`.
+        field: String,
+        /// What is wrong and what is allowed.
+        reason: String,
+    },
+    /// Named things do not exist.
+    #[error("unknown {kind}: {}", names.join(", "))]
+    NotFound {
+        /// What kind of thing, e.g. `market ticker`.
+        kind: &'static str,
+        /// The missing names.
+        names: Vec<String>,
+    },
+    /// A limit was hit (too many tickers, too many concurrent streams).
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// No database connection could be had in time.
+    #[error("database pool: {0}")]
+    Pool(String),
+    /// The database reported an error or the connection broke.
+    #[error("database: {0}")]
+    Database(#[from] tokio_postgres::Error),
+    /// The private PostgreSQL cluster could not be started or stopped.
+    #[error("private postgresql: {0}")]
+    PrivatePostgres(#[from] PgError),
+    /// The database could not be reached at start-up.
+    #[error("cannot connect to postgresql at {target}: {reason}")]
+    Connect {
+        /// host:port/dbname, without credentials.
+        target: String,
+        /// The driver's reason.
+        reason: String,
+    },
+    /// A migration failed or the database holds a migration history this binary does not know.
+    #[error("migration {version} ({name}): {reason}")]
+    Migration {
+        /// The migration's version number.
+        version: i32,
+        /// The migration's name.
+        name: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The gRPC server could not be built or stopped serving with an error.
+    #[error("grpc server: {0}")]
+    Serve(String),
+    /// A local file or socket operation failed.
+    #[error("{action}: {source}")]
+    Io {
+        /// What was being done, e.g. `bind 127.0.0.1:50051`.
+        action: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// An INVALID_ARGUMENT error naming `field`.
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::InvalidArgument { field: field.into(), reason: reason.into() }
+    }
+
+    /// An I/O error with what was being done.
+    pub fn io(action: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io { action: action.into(), source }
+    }
+}
+
+impl<E: std::fmt::Display> From<bb8::RunError<E>> for Error {
+    fn from(e: bb8::RunError<E>) -> Self {
+        match e {
+            bb8::RunError::User(e) => Self::Pool(e.to_string()),
+            bb8::RunError::TimedOut => Self::Pool("timed out waiting for a connection".to_owned()),
+        }
+    }
+}
+
+/// The gRPC code for a database error, by SQLSTATE: a lost or shutting-down server is UNAVAILABLE (retryable), a
+/// cancelled statement CANCELLED, exhausted resources RESOURCE_EXHAUSTED, a key conflict ALREADY_EXISTS, a
+/// serialization conflict ABORTED; anything else is a bug or a schema problem: INTERNAL.
+fn database_code(state: Option<&SqlState>) -> Code {
+    let Some(state) = state else {
+        // no SQLSTATE: the connection broke or could not be used
+        return Code::Unavailable;
+    };
+    let class = &state.code()[..2];
+    if class == "08"
+        || *state == SqlState::ADMIN_SHUTDOWN
+        || *state == SqlState::CRASH_SHUTDOWN
+        || *state == SqlState::CANNOT_CONNECT_NOW
+    {
+        Code::Unavailable
+    } else if *state == SqlState::QUERY_CANCELED {
+        Code::Cancelled
+    } else if class == "53" || *state == SqlState::PROGRAM_LIMIT_EXCEEDED {
+        Code::ResourceExhausted
+    } else if *state == SqlState::UNIQUE_VIOLATION {
+        Code::AlreadyExists
+    } else if *state == SqlState::T_R_SERIALIZATION_FAILURE || *state == SqlState::T_R_DEADLOCK_DETECTED {
+        Code::Aborted
+    } else {
+        Code::Internal
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
+            Error::NotFound { .. } => Status::not_found(e.to_string()),
+            Error::ResourceExhausted(_) => Status::resource_exhausted(e.to_string()),
+            Error::Pool(ref reason) => {
+                tracing::warn!(%reason, "no database connection");
+                Status::unavailable("database unavailable, retry later")
+            }
+            Error::Database(ref db) => {
+                let code = database_code(db.code());
+                tracing::error!(error = %db, ?code, "database error");
+                let message = match code {
+                    Code::Unavailable => "database unavailable, retry later",
+                    Code::Cancelled => "database statement cancelled",
+                    Code::ResourceExhausted => "database resources exhausted",
+                    Code::AlreadyExists => "already exists",
+                    Code::Aborted => "conflict with a concurrent write, retry",
+                    _ => "internal database error",
+                };
+                Status::new(code, message)
+            }
+            Error::Connect { .. } => {
+                tracing::error!(error = %e, "database connect");
+                Status::unavailable("database unavailable, retry later")
+            }
+            Error::PrivatePostgres(_) | Error::Migration { .. } | Error::Serve(_) | Error::Io { .. } => {
+                tracing::error!(error = %e, "internal error");
+                Status::internal("internal error")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_variant_maps_to_its_code_without_leaking_internals() {
+        let cases: Vec<(Error, Code, Option<&str>)> = vec![
+            (Error::invalid("start_time", "must be before end_time"), Code::InvalidArgument, Some("start_time")),
+            (
+                Error::NotFound { kind: "market ticker", names: vec!["A".into(), "B".into()] },
+                Code::NotFound,
+                Some("unknown market ticker: A, B"),
+            ),
+            (Error::ResourceExhausted("too many tickers".into()), Code::ResourceExhausted, Some("too many")),
+            (Error::Pool("secret host detail".into()), Code::Unavailable, None),
+            (Error::Connect { target: "db:5432/x".into(), reason: "refused".into() }, Code::Unavailable, None),
+            (
+                Error::Migration { version: 1, name: "schema".into(), reason: "SELECT boom".into() },
+                Code::Internal,
+                None,
+            ),
+            (Error::io("bind", std::io::Error::other("secret")), Code::Internal, None),
+            (Error::Serve("secret transport".into()), Code::Internal, None),
+            (Error::PrivatePostgres(PgError::NoBinaries), Code::Internal, None),
+        ];
+        for (error, code, must_contain) in cases {
+            let shown = error.to_string();
+            let status = Status::from(error);
+            assert_eq!(status.code(), code, "{shown}");
+            match must_contain {
+                Some(text) => assert!(status.message().contains(text), "{}", status.message()),
+                // internal details stay in the log
+                None => assert!(!status.message().contains("secret") && !status.message().contains("SELECT")),
+            }
+        }
+    }
+
+    #[test]
+    fn sqlstates_map_to_retryable_or_internal_codes() {
+        let cases = [
+            (None, Code::Unavailable),
+            (Some(SqlState::CONNECTION_FAILURE), Code::Unavailable),
+            (Some(SqlState::ADMIN_SHUTDOWN), Code::Unavailable),
+            (Some(SqlState::CANNOT_CONNECT_NOW), Code::Unavailable),
+            (Some(SqlState::QUERY_CANCELED), Code::Cancelled),
+            (Some(SqlState::TOO_MANY_CONNECTIONS), Code::ResourceExhausted),
+            (Some(SqlState::DISK_FULL), Code::ResourceExhausted),
+            (Some(SqlState::UNIQUE_VIOLATION), Code::AlreadyExists),
+            (Some(SqlState::T_R_SERIALIZATION_FAILURE), Code::Aborted),
+            (Some(SqlState::SYNTAX_ERROR), Code::Internal),
+            (Some(SqlState::UNDEFINED_TABLE), Code::Internal),
+        ];
+        for (state, code) in cases {
+            assert_eq!(database_code(state.as_ref()), code, "{state:?}");
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! The `kalshi-replay` binary: parses the command line and hands over to the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use kalshi_replay::{
+    app,
+    config::{Cli, Command},
+    telemetry,
+};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(&cli.log);
+    let result = match cli.command {
+        Command::Serve(args) => app::serve(args).await,
+        Command::Migrate(args) => app::migrate(args).await,
+        Command::Generate(args) => app::generate(args).await,
+        Command::Demo(args) => app::demo(args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

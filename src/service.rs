@@ -1,0 +1,61 @@
+//! The gRPC service implementations. Each RPC whose issue has not landed yet answers UNIMPLEMENTED through the
+//! generated default methods.
+
+use crate::{
+    db::Pool,
+    proto::{
+        ingest_service_server::IngestService, reference_service_server::ReferenceService,
+        replay_service_server::ReplayService,
+    },
+};
+
+/// ReferenceService: the series -> event -> market hierarchy, settlements and coverage.
+#[derive(Debug, Clone)]
+pub struct ReferenceApi {
+    #[allow(dead_code)] // read by the RPCs of the reference lookups issue
+    pool: Pool,
+}
+
+impl ReferenceApi {
+    /// A service reading from `pool`.
+    pub fn new(pool: Pool) -> Self {
+        Self { pool }
+    }
+}
+
+#[tonic::async_trait]
+impl ReferenceService for ReferenceApi {}
+
+/// ReplayService: the streaming replays.
+#[derive(Debug, Clone)]
+pub struct ReplayApi {
+    #[allow(dead_code)] // read by the replay RPCs
+    pool: Pool,
+}
+
+impl ReplayApi {
+    /// A service reading from `pool`.
+    pub fn new(pool: Pool) -> Self {
+        Self { pool }
+    }
+}
+
+#[tonic::async_trait]
+impl ReplayService for ReplayApi {}
+
+/// IngestService: the writes.
+#[derive(Debug, Clone)]
+pub struct IngestApi {
+    #[allow(dead_code)] // read by the ingest RPCs
+    pool: Pool,
+}
+
+impl IngestApi {
+    /// A service writing to `pool`.
+    pub fn new(pool: Pool) -> Self {
+        Self { pool }
+    }
+}
+
+#[tonic::async_trait]
+impl IngestService for IngestApi {}

@@ -1,0 +1,36 @@
+//! Time conversions between the wire (google.protobuf.Timestamp), the database (timestamptz, microseconds) and
+//! chrono, all UTC.
+
+use chrono::{DateTime, Utc};
+use prost_types::Timestamp;
+
+use crate::error::Error;
+
+/// Converts a wire timestamp to chrono. `field` names the request field in the error. Sub-microsecond parts are
+/// rejected rather than silently truncated, because the database stores microseconds and a replay must return
+/// exactly what was written.
+pub fn from_proto(ts: &Timestamp, field: &str) -> Result<DateTime<Utc>, Error> {
+    if ts.nanos < 0 || ts.nanos >= 1_000_000_000 || ts.nanos % 1000 != 0 {
+        return Err(Error::invalid(
+            field,
+            format!("nanos must be a multiple of 1000 in [0, 999999000], got {}", ts.nanos),
+        ));
+    }
+    DateTime::from_timestamp(ts.seconds, ts.nanos as u32)
+        .ok_or_else(|| Error::invalid(field, format!("seconds out of range: {}", ts.seconds)))
+}
+
+/// Converts chrono to a wire timestamp.
+pub fn to_proto(t: DateTime<Utc>) -> Timestamp {
+    Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 }
+}
+
+/// Microseconds since the Unix epoch (the database's resolution).
+pub fn to_micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+/// The UTC midnight at or before `t`.
+pub fn day_start(t: DateTime<Utc>) -> DateTime<Utc> {
+    t.date_naive().and_hms_opt(0, 0, 0).map(|d| d.and_utc()).unwrap_or(t)
+}

@@ -1,0 +1,191 @@
+//! Test support: a real PostgreSQL (DATABASE_URL's server, or one private throwaway cluster per test process), a
+//! fresh database per test cloned from a migrated template, and the real server on port 0.
+//!
+//! Set TEST_LOG (e.g. TEST_LOG=debug) to see the server's logs.
+
+#![allow(dead_code, unreachable_pub)] // each test binary uses a different part
+
+use std::{
+    net::SocketAddr,
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+use kalshi_replay::{
+    db::{self, Database},
+    error::Error,
+    migrate::{self, MIGRATIONS},
+    pg::PrivatePostgres,
+    server::{self, ServerOptions},
+};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tokio_postgres::{Client, Config};
+use tonic::transport::Channel;
+
+pub const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The server every test database lives on, with dbname `postgres`.
+pub async fn server_config() -> Config {
+    init_logs();
+    let mut config = match std::env::var("DATABASE_URL") {
+        Ok(url) => db::parse_url(&url).expect("DATABASE_URL"),
+        Err(_) => PrivatePostgres::shared_throwaway().await.expect("private postgres").config("postgres"),
+    };
+    config.dbname("postgres");
+    config
+}
+
+fn init_logs() {
+    if let Ok(filter) = std::env::var("TEST_LOG") {
+        kalshi_replay::telemetry::init(&filter);
+    }
+}
+
+/// A name unique to this test process and call.
+fn unique_name(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!("{prefix}_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The migrated template, named after a hash of the migrations so that a changed schema gets a new template.
+async fn template(admin: &Client) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325; // FNV-1a
+    for m in MIGRATIONS {
+        for b in m.sql.bytes().chain(m.version.to_le_bytes()) {
+            hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    let name = format!("kalshi_replay_template_{hash:016x}");
+    // serialize template builders across test processes sharing a server
+    admin.execute("SELECT pg_advisory_lock(7301)", &[]).await.expect("lock");
+    let exists = admin.query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name]).await.expect("query");
+    if exists.is_none() {
+        // built under another name and renamed, so that a half-built template is never cloned
+        let building = format!("{name}_building");
+        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {building} WITH (FORCE)")).await.expect("drop");
+        admin.batch_execute(&format!("CREATE DATABASE {building}")).await.expect("create template");
+        let mut config = server_config().await;
+        config.dbname(&building);
+        {
+            let mut client = db::connect(&config, TIMEOUT).await.expect("connect template");
+            migrate::run(&mut client).await.expect("migrate template");
+        }
+        // the migrating connection is closed, but its backend may take a moment to exit
+        let rename = format!("ALTER DATABASE {building} RENAME TO {name}");
+        let mut attempts = 0;
+        while let Err(e) = admin.batch_execute(&rename).await {
+            attempts += 1;
+            assert!(attempts < 50, "rename template: {e}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    admin.execute("SELECT pg_advisory_unlock(7301)", &[]).await.expect("unlock");
+    name
+}
+
+/// A database of its own for one test, dropped when the test ends.
+#[derive(Debug)]
+pub struct TestDb {
+    pub name: String,
+    pub config: Config,
+    admin: Config,
+}
+
+impl TestDb {
+    /// A fresh, migrated database (a clone of the template).
+    pub async fn migrated() -> Self {
+        Self::create(true).await
+    }
+
+    /// A fresh database without any schema.
+    pub async fn empty() -> Self {
+        Self::create(false).await
+    }
+
+    async fn create(migrated: bool) -> Self {
+        let admin = server_config().await;
+        let client = db::connect(&admin, TIMEOUT).await.expect("connect admin");
+        let name = unique_name("kalshi_replay_test");
+        let sql = if migrated {
+            format!("CREATE DATABASE {name} TEMPLATE {}", template(&client).await)
+        } else {
+            format!("CREATE DATABASE {name}")
+        };
+        client.batch_execute(&sql).await.expect("create test database");
+        let mut config = admin.clone();
+        config.dbname(&name);
+        Self { name, config, admin }
+    }
+
+    /// A new connection to this database.
+    pub async fn client(&self) -> Client {
+        db::connect(&self.config, TIMEOUT).await.expect("connect test database")
+    }
+
+    /// This database as the server sees it.
+    pub fn database(&self) -> Database {
+        Database::external(self.config.clone())
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        // Drop cannot await, and the test's runtime may be shutting down: drop the database from a thread of its own
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(async {
+                let client = db::connect(&admin, TIMEOUT).await.map_err(std::io::Error::other)?;
+                client
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await
+                    .map_err(std::io::Error::other)
+            })
+        })
+        .join();
+        if let Ok(Err(e)) = dropped {
+            eprintln!("could not drop test database {}: {e}", self.name);
+        }
+    }
+}
+
+/// The real server on 127.0.0.1:0 over a fresh migrated database.
+#[derive(Debug)]
+pub struct TestApp {
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    served: Option<JoinHandle<Result<(), Error>>>,
+    // last: the database outlives the server that uses it
+    pub db: TestDb,
+}
+
+impl TestApp {
+    pub async fn start() -> Self {
+        let db = TestDb::migrated().await;
+        let pool = db.database().pool(4, TIMEOUT).await.expect("pool");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = oneshot::channel();
+        let options = ServerOptions { partitions_ahead: 2 };
+        let served = tokio::spawn(server::run(listener, pool, options, async {
+            let _ = rx.await;
+        }));
+        Self { addr, shutdown: Some(tx), served: Some(served), db }
+    }
+
+    /// A channel to the server.
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr)).expect("uri").connect().await.expect("connect")
+    }
+
+    /// Stops the server and returns what `run` returned.
+    pub async fn stop(mut self) -> Result<(), Error> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.served.take() {
+            Some(served) => served.await.expect("server task"),
+            None => Ok(()),
+        }
+    }
+}

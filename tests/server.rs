@@ -1,0 +1,83 @@
+//! The server as a client sees it: health per service, reflection v1 and v1alpha, UNIMPLEMENTED for RPCs whose
+//! issue has not landed, and a clean shutdown.
+
+mod common;
+
+use common::TestApp;
+use kalshi_replay::proto::{GetSeriesRequest, reference_service_client::ReferenceServiceClient};
+use tokio_stream::StreamExt;
+use tonic::Code;
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+
+const SERVICES: [&str; 3] =
+    ["kalshi.replay.v1.ReferenceService", "kalshi.replay.v1.ReplayService", "kalshi.replay.v1.IngestService"];
+
+#[tokio::test]
+async fn health_reports_serving_for_the_server_and_each_service() {
+    let app = TestApp::start().await;
+    let mut health = HealthClient::new(app.channel().await);
+    for service in std::iter::once("").chain(SERVICES) {
+        let response = health.check(HealthCheckRequest { service: service.to_owned() }).await.expect(service);
+        assert_eq!(response.into_inner().status(), ServingStatus::Serving, "{service:?}");
+    }
+    let unknown = health.check(HealthCheckRequest { service: "no.such.Service".to_owned() }).await;
+    assert_eq!(unknown.expect_err("unknown service").code(), Code::NotFound);
+    app.stop().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn reflection_v1_lists_every_service() {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let app = TestApp::start().await;
+    let mut client = ServerReflectionClient::new(app.channel().await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = client.server_reflection_info(tokio_stream::iter([request])).await.expect("call").into_inner();
+    let response = responses.next().await.expect("one response").expect("ok");
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection response: {response:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert_listed(&names);
+}
+
+#[tokio::test]
+async fn reflection_v1alpha_lists_every_service_for_older_grpcurl() {
+    use tonic_reflection::pb::v1alpha::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let app = TestApp::start().await;
+    let mut client = ServerReflectionClient::new(app.channel().await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = client.server_reflection_info(tokio_stream::iter([request])).await.expect("call").into_inner();
+    let response = responses.next().await.expect("one response").expect("ok");
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection response: {response:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert_listed(&names);
+}
+
+fn assert_listed(names: &[String]) {
+    for expected in SERVICES.iter().chain(&["grpc.health.v1.Health"]) {
+        assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");
+    }
+    assert!(names.iter().any(|n| n.starts_with("grpc.reflection.")), "reflection missing from {names:?}");
+}
+
+#[tokio::test]
+async fn rpcs_of_later_issues_answer_unimplemented() {
+    let app = TestApp::start().await;
+    let mut reference = ReferenceServiceClient::new(app.channel().await);
+    let status = reference.get_series(GetSeriesRequest { ticker: "KXBTCD".into() }).await.expect_err("not yet");
+    assert_eq!(status.code(), Code::Unimplemented);
+}
