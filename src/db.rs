@@ -106,7 +106,7 @@ pub async fn connect(config: &Config, timeout: Duration) -> Result<Client, Error
     let failure = |reason: String| Error::Connect { target: describe(config), reason };
     let (client, connection) = match attempt {
         Err(_) => return Err(failure(format!("no answer within {timeout:?}"))),
-        Ok(Err(e)) => return Err(failure(e.to_string())),
+        Ok(Err(e)) => return Err(failure(error_chain(&e))),
         Ok(Ok(pair)) => pair,
     };
     tokio::spawn(async move {
@@ -115,6 +115,19 @@ pub async fn connect(config: &Config, timeout: Duration) -> Result<Client, Error
         }
     });
     Ok(client)
+}
+
+/// The error and its causes in one line: tokio-postgres shows "error connecting to server" and keeps the reason a
+/// user can act on ("Connection refused") in the source.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// host:port/dbname for messages; credentials are left out.

@@ -3,19 +3,19 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: command line and environment (clap), one struct per subcommand.
-//! - [`app`]: what each subcommand does (`serve`, `migrate`, `generate`, `demo`).
-//! - [`server`]: the tonic server: services, health per service, reflection v1/v1alpha, background tasks.
-//! - [`service`]: the gRPC service implementations (ReferenceService, ReplayService, IngestService).
-//! - [`proto`]: generated code of `kalshi.replay.v1` and the descriptor set for reflection.
-//! - [`time`]: Timestamp <-> chrono conversions.
-//! - [`error`]: the error enum and its single mapping to gRPC status codes.
-//! - [`db`]: where the database is, connecting, the connection pool.
-//! - [`pg`]: the private PostgreSQL cluster used when DATABASE_URL is unset.
-//! - [`migrate`]: the embedded SQL migrations (migrations/) and their runner.
-//! - [`partitions`]: daily partitions of the fact tables, on demand and ahead of time.
-//! - [`generate`]: the deterministic synthetic dataset and its COPY loader.
-//! - [`telemetry`]: logging.
+//! - [`config`] — command line and environment (clap), one struct per subcommand.
+//! - [`app`] — what each subcommand does (`serve`, `migrate`, `generate`, `demo`).
+//! - [`server`] — the tonic server: services, health per service, reflection v1/v1alpha, background tasks.
+//! - [`service`] — the gRPC service implementations (ReferenceService, ReplayService, IngestService).
+//! - [`proto`] — generated code of `kalshi.replay.v1` and the descriptor set for reflection.
+//! - [`time`] — Timestamp <-> chrono conversions.
+//! - [`error`] — the error enum and its single mapping to gRPC status codes.
+//! - [`db`] — where the database is, connecting, the connection pool.
+//! - [`pg`] — the private PostgreSQL cluster used when DATABASE_URL is unset.
+//! - [`migrate`] — the embedded SQL migrations (migrations/) and their runner.
+//! - [`partitions`] — daily partitions of the fact tables, on demand and ahead of time.
+//! - [`generate`] — the deterministic synthetic dataset and its COPY loader.
+//! - [`telemetry`] — logging.
 
 pub mod app;
 pub mod config;
