@@ -2,7 +2,7 @@
 //! database (starting the private cluster when DATABASE_URL is unset) and always stops what it started, also after
 //! an error or Ctrl-C.
 
-use std::net::SocketAddr;
+use std::{future::Future, net::SocketAddr};
 
 use chrono::{Days, Utc};
 use tokio::net::TcpListener;
@@ -95,13 +95,14 @@ async fn serve_on(db: &Database, args: &ServeArgs, on_listening: fn(SocketAddr))
         migrate::run(&mut client).await?;
         partitions::ensure_ahead(&client, Utc::now(), args.partitions_ahead).await?;
     }
+    let shutdown = shutdown_signal()?;
     let pool = db.pool(args.db.pool_size, timeout).await?;
     let listener =
         TcpListener::bind(args.listen).await.map_err(|e| Error::io(format!("listen on {}", args.listen), e))?;
     let local = listener.local_addr().map_err(|e| Error::io("read listener address", e))?;
     on_listening(local);
     let options = ServerOptions { partitions_ahead: args.partitions_ahead };
-    server::run(listener, pool, options, shutdown_signal()).await
+    server::run(listener, pool, options, shutdown).await
 }
 
 async fn count_markets(client: &Client) -> Result<i64, Error> {
@@ -150,26 +151,17 @@ fn print_try_it(addr: SocketAddr) {
     );
 }
 
-/// Completes on SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for sigterm, only ctrl-c stops the server");
-                let _ = ctrl_c.await;
-            }
+/// A future that completes on SIGINT (Ctrl-C) or SIGTERM. The handlers are installed here, before the server
+/// announces itself, so that a signal sent right after start-up is never missed (and never kills the process
+/// with the default action, which would leave the private PostgreSQL to its parent-death signal).
+fn shutdown_signal() -> Result<impl Future<Output = ()>, Error> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| Error::io("listen for SIGINT", e))?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(|e| Error::io("listen for SIGTERM", e))?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => tracing::info!("sigint received, shutting down"),
+            _ = terminate.recv() => tracing::info!("sigterm received, shutting down"),
         }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutdown requested");
+    })
 }

@@ -71,8 +71,9 @@ pub struct DatasetArgs {
     /// Number of markets.
     #[arg(long, env = "KALSHI_REPLAY_MARKETS", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub markets: u32,
-    /// Number of UTC days of history.
-    #[arg(long, env = "KALSHI_REPLAY_DAYS", default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..=3660))]
+    /// Number of UTC days of history, at most 366 (the load holds a lock on every day partition it writes, and
+    /// PostgreSQL's default lock table fits about a year and a half of them).
+    #[arg(long, env = "KALSHI_REPLAY_DAYS", default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..=366))]
     pub days: u32,
     /// Number of trades in total.
     #[arg(long, env = "KALSHI_REPLAY_TRADES", default_value_t = 1_000_000)]

@@ -90,10 +90,20 @@ async fn the_dataset_is_shaped_like_kalshi() {
     assert_eq!(count("SELECT count(*) FROM markets").await, i64::from(spec.markets));
     // the hierarchy is linked
     assert_eq!(count("SELECT count(*) FROM markets m WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.event_ticker = m.event_ticker AND e.series_ticker = m.series_ticker)").await, 0);
-    assert_eq!(count("SELECT count(*) FROM events e WHERE NOT EXISTS (SELECT 1 FROM series s WHERE s.ticker = e.series_ticker)").await, 0);
+    assert_eq!(
+        count(
+            "SELECT count(*) FROM events e WHERE NOT EXISTS (SELECT 1 FROM series s WHERE s.ticker = e.series_ticker)"
+        )
+        .await,
+        0
+    );
     // every trade inside the range and inside its market's open window
     assert_eq!(count("SELECT count(*) FROM trades t JOIN markets m ON m.ticker = t.ticker WHERE t.ts < m.open_time OR t.ts >= m.close_time OR t.ts < '2026-01-30Z' OR t.ts >= '2026-02-02Z'").await, 0);
-    assert_eq!(count("SELECT count(*) FROM trades t WHERE NOT EXISTS (SELECT 1 FROM markets m WHERE m.ticker = t.ticker)").await, 0);
+    assert_eq!(
+        count("SELECT count(*) FROM trades t WHERE NOT EXISTS (SELECT 1 FROM markets m WHERE m.ticker = t.ticker)")
+            .await,
+        0
+    );
     // activity is skewed: the busiest market trades far more than the median one
     let skew: f64 = client
         .query_one(
@@ -109,14 +119,22 @@ async fn the_dataset_is_shaped_like_kalshi() {
     assert!(count("SELECT count(*) FROM trades WHERE count_centi % 100 <> 0").await > 0);
     assert!(count("SELECT count(*) FROM trades WHERE yes_price_micros % 10000 <> 0").await > 0);
     // trades share a microsecond, also across markets, so replay order needs its tie-breakers
-    assert!(count("SELECT count(*) FROM (SELECT ts FROM trades GROUP BY ts HAVING count(DISTINCT ticker) > 1) x").await > 0);
+    assert!(
+        count("SELECT count(*) FROM (SELECT ts FROM trades GROUP BY ts HAVING count(DISTINCT ticker) > 1) x").await > 0
+    );
     // settlements exactly for the finalized markets, paying 0 or 1 USD unless void
     assert_eq!(
         count("SELECT count(*) FROM markets WHERE status = 8").await,
         count("SELECT count(*) FROM settlements").await
     );
     assert!(count("SELECT count(*) FROM settlements").await > 0, "some markets closed inside the range");
-    assert_eq!(count("SELECT count(*) FROM settlements WHERE result IN (1, 2) AND settlement_value_micros NOT IN (0, 1000000)").await, 0);
+    assert_eq!(
+        count(
+            "SELECT count(*) FROM settlements WHERE result IN (1, 2) AND settlement_value_micros NOT IN (0, 1000000)"
+        )
+        .await,
+        0
+    );
     assert!(count("SELECT count(*) FROM market_lifecycle").await > 0);
 }
 
