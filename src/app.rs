@@ -20,7 +20,12 @@ use crate::{
 /// `serve`: migrate, then serve until SIGINT or SIGTERM.
 pub async fn serve(args: ServeArgs) -> Result<(), Error> {
     let db = Database::open(&args.db).await?;
-    let result = serve_on(&db, &args, |_| {}).await;
+    let result = async {
+        let mut client = db.connect(args.db.connect_timeout).await?;
+        migrate::run(&mut client).await?;
+        serve_on(&db, client, &args, |_| {}).await
+    }
+    .await;
     finish(db, result).await
 }
 
@@ -72,8 +77,7 @@ pub async fn demo(args: DemoArgs) -> Result<(), Error> {
             }
             markets => println!("using the sample data already loaded ({markets} markets)"),
         }
-        drop(client);
-        serve_on(&db, &args.serve, print_try_it).await
+        serve_on(&db, client, &args.serve, print_try_it).await
     }
     .await;
     finish(db, result).await
@@ -86,15 +90,12 @@ async fn finish(db: Database, result: Result<(), Error>) -> Result<(), Error> {
     stopped
 }
 
-/// Migrates, creates the partitions ahead, binds the listener, and serves until a shutdown signal. `on_listening`
-/// runs once the port is bound.
-async fn serve_on(db: &Database, args: &ServeArgs, on_listening: fn(SocketAddr)) -> Result<(), Error> {
+/// Creates the partitions ahead with `client` (of a migrated database), binds the listener, and serves until a
+/// shutdown signal. `on_listening` runs once the port is bound.
+async fn serve_on(db: &Database, client: Client, args: &ServeArgs, on_listening: fn(SocketAddr)) -> Result<(), Error> {
     let timeout = args.db.connect_timeout;
-    {
-        let mut client = db.connect(timeout).await?;
-        migrate::run(&mut client).await?;
-        partitions::ensure_ahead(&client, Utc::now(), args.partitions_ahead).await?;
-    }
+    partitions::ensure_ahead(&client, Utc::now(), args.partitions_ahead).await?;
+    drop(client);
     let shutdown = shutdown_signal()?;
     let pool = db.pool(args.db.pool_size, timeout).await?;
     let listener =

@@ -15,8 +15,8 @@ pub type Pool = bb8::Pool<PostgresConnectionManager<NoTls>>;
 const PRIVATE_DB: &str = "kalshi_replay";
 
 /// Session settings of every connection: UTC, so that day boundaries and rendered timestamps never follow a
-/// server's local zone.
-const SESSION_OPTIONS: &str = "-c TimeZone=UTC";
+/// server's local zone; and no NOTICEs (such as "already exists, skipping" of idempotent DDL) in the logs.
+const SESSION_OPTIONS: &str = "-c TimeZone=UTC -c client_min_messages=warning";
 
 /// The database a command works on: an external server, or a private cluster this process owns.
 #[derive(Debug)]

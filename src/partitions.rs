@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, Days, Utc};
 use tokio_postgres::GenericClient;
 
-use crate::{db::Pool, error::Error};
+use crate::{db::Pool, error::Error, time};
 
 /// Creates the daily partitions of every fact table for the UTC days that intersect [from, to), and returns how
 /// many it created. Idempotent and safe to call concurrently (see migrations/0001_schema.sql).
@@ -17,7 +17,7 @@ pub async fn ensure_range(client: &impl GenericClient, from: DateTime<Utc>, to: 
 
 /// Creates the partitions of today and the next `days_ahead` UTC days.
 pub async fn ensure_ahead(client: &impl GenericClient, now: DateTime<Utc>, days_ahead: u32) -> Result<i32, Error> {
-    let today = now.date_naive().and_hms_opt(0, 0, 0).map_or(now, |d| d.and_utc());
+    let today = time::day_start(now);
     let end = today.checked_add_days(Days::new(u64::from(days_ahead) + 1)).unwrap_or(today);
     ensure_range(client, today, end).await
 }
