@@ -102,7 +102,7 @@ async fn serve_on(db: &Database, client: Client, args: &ServeArgs, on_listening:
         TcpListener::bind(args.listen).await.map_err(|e| Error::io(format!("listen on {}", args.listen), e))?;
     let local = listener.local_addr().map_err(|e| Error::io("read listener address", e))?;
     on_listening(local);
-    let options = ServerOptions { partitions_ahead: args.partitions_ahead };
+    let options = ServerOptions { partitions_ahead: args.partitions_ahead, ..ServerOptions::default() };
     server::run(listener, pool, options, shutdown).await
 }
 

@@ -24,10 +24,17 @@ use crate::{
 pub struct ServerOptions {
     /// UTC days ahead of today to keep partitions created.
     pub partitions_ahead: u32,
+    /// How often health re-checks the database.
+    pub health_interval: Duration,
 }
 
-/// How often health re-checks the database, and how long one check may take.
-const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self { partitions_ahead: 7, health_interval: Duration::from_secs(5) }
+    }
+}
+
+/// How long one health check of the database may take.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The names health reports on: the empty name (the server as a whole) and each service.
@@ -60,7 +67,7 @@ pub async fn run(
         reporter.set_service_status(name, ServingStatus::Serving).await;
     }
     let background = [
-        tokio::spawn(watch_database(pool.clone(), reporter)),
+        tokio::spawn(watch_database(pool.clone(), reporter, options.health_interval)),
         tokio::spawn(partitions::maintain(pool.clone(), options.partitions_ahead)),
     ];
     let local = listener.local_addr().map_err(|e| Error::io("read listener address", e))?;
@@ -84,8 +91,8 @@ pub async fn run(
 
 /// Reports SERVING while the database answers and NOT_SERVING while it does not, for the server and each service
 /// (they all need it).
-async fn watch_database(pool: Pool, reporter: HealthReporter) {
-    let mut tick = tokio::time::interval(HEALTH_INTERVAL);
+async fn watch_database(pool: Pool, reporter: HealthReporter, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
     let mut last = Some(ServingStatus::Serving);
     loop {
         tick.tick().await;

@@ -3,8 +3,13 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::TestApp;
-use kalshi_replay::proto::{GetSeriesRequest, reference_service_client::ReferenceServiceClient};
+use kalshi_replay::{
+    proto::{GetSeriesRequest, reference_service_client::ReferenceServiceClient},
+    server::ServerOptions,
+};
 use tokio_stream::StreamExt;
 use tonic::Code;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
@@ -23,6 +28,44 @@ async fn health_reports_serving_for_the_server_and_each_service() {
     let unknown = health.check(HealthCheckRequest { service: "no.such.Service".to_owned() }).await;
     assert_eq!(unknown.expect_err("unknown service").code(), Code::NotFound);
     app.stop().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn health_follows_the_database_down_and_back_up() {
+    let options = ServerOptions { partitions_ahead: 0, health_interval: Duration::from_millis(100) };
+    let app = TestApp::start_with(options, Duration::from_millis(500)).await;
+    let mut health = HealthClient::new(app.channel().await);
+    let admin = app.db.admin().await;
+    let name = &app.db.name;
+
+    // the database goes away: new connections refused, existing ones terminated
+    admin.batch_execute(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false")).await.expect("disallow");
+    admin
+        .execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", &[name])
+        .await
+        .expect("terminate");
+    wait_for_status(&mut health, ServingStatus::NotServing).await;
+
+    admin.batch_execute(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true")).await.expect("allow");
+    wait_for_status(&mut health, ServingStatus::Serving).await;
+    app.stop().await.expect("clean shutdown");
+}
+
+/// Polls the health of every service until all report `expected` (or 20 s pass).
+async fn wait_for_status(health: &mut HealthClient<tonic::transport::Channel>, expected: ServingStatus) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut statuses = Vec::new();
+        for service in std::iter::once("").chain(SERVICES) {
+            let response = health.check(HealthCheckRequest { service: service.to_owned() }).await.expect(service);
+            statuses.push(response.into_inner().status());
+        }
+        if statuses.iter().all(|s| *s == expected) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still {statuses:?}, expected {expected:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]

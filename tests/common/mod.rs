@@ -122,6 +122,11 @@ impl TestDb {
         db::connect(&self.config, TIMEOUT).await.expect("connect test database")
     }
 
+    /// A connection to the server's maintenance database, for acting on this database from outside.
+    pub async fn admin(&self) -> Client {
+        db::connect(&self.admin, TIMEOUT).await.expect("connect admin")
+    }
+
     /// This database as the server sees it.
     pub fn database(&self) -> Database {
         Database::external(self.config.clone())
@@ -161,12 +166,17 @@ pub struct TestApp {
 
 impl TestApp {
     pub async fn start() -> Self {
+        Self::start_with(ServerOptions { partitions_ahead: 2, health_interval: Duration::from_millis(200) }, TIMEOUT)
+            .await
+    }
+
+    /// With other server options and pool connection timeout.
+    pub async fn start_with(options: ServerOptions, pool_timeout: Duration) -> Self {
         let db = TestDb::migrated().await;
-        let pool = db.database().pool(4, TIMEOUT).await.expect("pool");
+        let pool = db.database().pool(4, pool_timeout).await.expect("pool");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = oneshot::channel();
-        let options = ServerOptions { partitions_ahead: 2 };
         let served = tokio::spawn(server::run(listener, pool, options, async {
             let _ = rx.await;
         }));
