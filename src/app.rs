@@ -84,7 +84,7 @@ pub async fn demo(args: DemoArgs) -> Result<(), Error> {
 }
 
 /// Stops the private cluster, if any; the command's own error wins over a failure to stop.
-async fn finish(db: Database, result: Result<(), Error>) -> Result<(), Error> {
+pub(crate) async fn finish(db: Database, result: Result<(), Error>) -> Result<(), Error> {
     let stopped = db.shutdown().await;
     result?;
     stopped
@@ -106,7 +106,7 @@ async fn serve_on(db: &Database, client: Client, args: &ServeArgs, on_listening:
     server::run(listener, pool, options, shutdown).await
 }
 
-async fn count_markets(client: &Client) -> Result<i64, Error> {
+pub(crate) async fn count_markets(client: &Client) -> Result<i64, Error> {
     Ok(client.query_one("SELECT count(*) FROM markets", &[]).await?.get(0))
 }
 
@@ -155,7 +155,7 @@ fn print_try_it(addr: SocketAddr) {
 /// A future that completes on SIGINT (Ctrl-C) or SIGTERM. The handlers are installed here, before the server
 /// announces itself, so that a signal sent right after start-up is never missed (and never kills the process
 /// with the default action, which would leave the private PostgreSQL to its parent-death signal).
-fn shutdown_signal() -> Result<impl Future<Output = ()>, Error> {
+pub(crate) fn shutdown_signal() -> Result<impl Future<Output = ()>, Error> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| Error::io("listen for SIGINT", e))?;
     let mut terminate = signal(SignalKind::terminate()).map_err(|e| Error::io("listen for SIGTERM", e))?;

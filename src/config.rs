@@ -28,6 +28,8 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Serve gRPC on a sample dataset, generated on first start (the quickest way to try the service).
     Demo(DemoArgs),
+    /// Measure throughput and latency per RPC under concurrent load.
+    Bench(BenchArgs),
 }
 
 /// Where the data lives.
@@ -101,6 +103,55 @@ pub struct DemoArgs {
     #[command(flatten)]
     pub serve: ServeArgs,
     /// Shape of the dataset generated when the database holds no trades.
+    #[command(flatten)]
+    pub dataset: DatasetArgs,
+}
+
+/// `bench` options.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// What to load.
+    #[command(subcommand)]
+    pub target: BenchTarget,
+}
+
+/// The services `bench` can load.
+#[derive(Debug, Clone, Subcommand)]
+pub enum BenchTarget {
+    /// ReferenceService: every lookup in turn, with random real keys.
+    Reference(BenchReferenceArgs),
+}
+
+/// `bench reference` options.
+#[derive(Debug, Clone, Args)]
+pub struct BenchReferenceArgs {
+    /// Server to load, HOST:PORT (or an http:// URL); it must hold data. Unset: the demo dataset is served
+    /// in-process on a free port over --database-url / --data-dir, and loaded there first if the database is empty.
+    #[arg(long, env = "KALSHI_REPLAY_BENCH_ADDR")]
+    pub addr: Option<String>,
+    /// Concurrent callers.
+    #[arg(long, env = "KALSHI_REPLAY_BENCH_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub concurrency: u32,
+    /// HTTP/2 connections shared by the callers. Unset: one per 8 callers.
+    #[arg(long, env = "KALSHI_REPLAY_BENCH_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub connections: Option<u32>,
+    /// How long each RPC is measured, e.g. `10s`.
+    #[arg(long, env = "KALSHI_REPLAY_BENCH_DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Unrecorded load before each RPC's measurement, e.g. `1s` or `0s`.
+    #[arg(long, env = "KALSHI_REPLAY_BENCH_WARMUP", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub warmup: Duration,
+    /// Only these RPCs, e.g. `--rpc GetMarket,ListMarkets` (a name covers its variants). Unset: all of them.
+    #[arg(long = "rpc", env = "KALSHI_REPLAY_BENCH_RPC", value_delimiter = ',')]
+    pub rpcs: Vec<String>,
+    /// Print one JSON object instead of a table.
+    #[arg(long, env = "KALSHI_REPLAY_BENCH_JSON")]
+    pub json: bool,
+    /// Database options (without --addr).
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Shape of the dataset generated when the database holds no markets (without --addr); --seed also seeds the
+    /// random choice of keys.
     #[command(flatten)]
     pub dataset: DatasetArgs,
 }

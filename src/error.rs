@@ -61,6 +61,9 @@ pub enum Error {
     /// The gRPC server could not be built or stopped serving with an error.
     #[error("grpc server: {0}")]
     Serve(String),
+    /// The load generator could not run, e.g. the server to load cannot be reached or holds no data.
+    #[error("bench: {0}")]
+    Bench(String),
     /// A local file or socket operation failed.
     #[error("{action}: {source}")]
     Io {
@@ -147,7 +150,11 @@ impl From<Error> for Status {
                 tracing::error!(error = %e, "database connect");
                 Status::unavailable("database unavailable, retry later")
             }
-            Error::PrivatePostgres(_) | Error::Migration { .. } | Error::Serve(_) | Error::Io { .. } => {
+            Error::PrivatePostgres(_)
+            | Error::Migration { .. }
+            | Error::Serve(_)
+            | Error::Bench(_)
+            | Error::Io { .. } => {
                 tracing::error!(error = %e, "internal error");
                 Status::internal("internal error")
             }
@@ -178,6 +185,7 @@ mod tests {
             ),
             (Error::io("bind", std::io::Error::other("secret")), Code::Internal, None),
             (Error::Serve("secret transport".into()), Code::Internal, None),
+            (Error::Bench("secret server detail".into()), Code::Internal, None),
             (Error::PrivatePostgres(PgError::NoBinaries), Code::Internal, None),
         ];
         for (error, code, must_contain) in cases {

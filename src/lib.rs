@@ -6,19 +6,25 @@
 //! - [`config`] — command line and environment (clap), one struct per subcommand.
 //! - [`app`] — what each subcommand does (`serve`, `migrate`, `generate`, `demo`).
 //! - [`server`] — the tonic server: services, health per service, reflection v1/v1alpha, background tasks.
-//! - [`service`] — the gRPC service implementations (ReferenceService, ReplayService, IngestService).
+//! - [`reference`] — ReferenceService: hierarchy lookups, settlements, coverage; keyset paging.
+//! - [`service`] — ReplayService and IngestService (their RPCs answer UNIMPLEMENTED until they land).
 //! - [`proto`] — generated code of `kalshi.replay.v1` and the descriptor set for reflection.
 //! - [`time`] — Timestamp <-> chrono conversions.
+//! - [`token`] — opaque page/resume tokens: versioned, checksummed, bound to the request's filters.
 //! - [`error`] — the error enum and its single mapping to gRPC status codes.
 //! - [`db`] — where the database is, connecting, the connection pool.
 //! - [`pg`] — the private PostgreSQL cluster used when DATABASE_URL is unset.
+//! - [`coverage`] — per-market, per-UTC-day data counts kept at write time, and GetCoverage's answer.
 //! - [`migrate`] — the embedded SQL migrations (migrations/) and their runner.
 //! - [`partitions`] — daily partitions of the fact tables, on demand and ahead of time.
 //! - [`generate`] — the deterministic synthetic dataset and its COPY loader.
+//! - [`bench`] — `bench reference`: a gRPC load generator reporting throughput and latency percentiles per RPC.
 //! - [`telemetry`] — logging.
 
 pub mod app;
+pub mod bench;
 pub mod config;
+pub mod coverage;
 pub mod db;
 pub mod error;
 pub mod generate;
@@ -26,7 +32,9 @@ pub mod migrate;
 pub mod partitions;
 pub mod pg;
 pub mod proto;
+pub mod reference;
 pub mod server;
 pub mod service;
 pub mod telemetry;
 pub mod time;
+pub mod token;

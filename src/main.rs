@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use kalshi_replay::{
-    app,
+    app, bench,
     config::{Cli, Command},
     telemetry,
 };
@@ -18,6 +18,7 @@ async fn main() -> ExitCode {
         Command::Migrate(args) => app::migrate(args).await,
         Command::Generate(args) => app::generate(args).await,
         Command::Demo(args) => app::demo(args).await,
+        Command::Bench(args) => bench::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

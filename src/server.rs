@@ -16,7 +16,8 @@ use crate::{
         FILE_DESCRIPTOR_SET, ingest_service_server::IngestServiceServer,
         reference_service_server::ReferenceServiceServer, replay_service_server::ReplayServiceServer,
     },
-    service::{IngestApi, ReferenceApi, ReplayApi},
+    reference::ReferenceApi,
+    service::{IngestApi, ReplayApi},
 };
 
 /// Server settings that are not the listener or the pool.

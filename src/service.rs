@@ -1,30 +1,10 @@
-//! The gRPC service implementations. Each RPC whose issue has not landed yet answers UNIMPLEMENTED through the
+//! The gRPC services whose RPCs have not landed yet (ReferenceService lives in `reference`). Each RPC whose issue has not landed yet answers UNIMPLEMENTED through the
 //! generated default methods.
 
 use crate::{
     db::Pool,
-    proto::{
-        ingest_service_server::IngestService, reference_service_server::ReferenceService,
-        replay_service_server::ReplayService,
-    },
+    proto::{ingest_service_server::IngestService, replay_service_server::ReplayService},
 };
-
-/// ReferenceService: the series -> event -> market hierarchy, settlements and coverage.
-#[derive(Debug, Clone)]
-pub struct ReferenceApi {
-    #[allow(dead_code)] // read by the RPCs of the reference lookups issue
-    pool: Pool,
-}
-
-impl ReferenceApi {
-    /// A service reading from `pool`.
-    pub fn new(pool: Pool) -> Self {
-        Self { pool }
-    }
-}
-
-#[tonic::async_trait]
-impl ReferenceService for ReferenceApi {}
 
 /// ReplayService: the streaming replays.
 #[derive(Debug, Clone)]

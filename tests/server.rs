@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::TestApp;
 use kalshi_replay::{
-    proto::{GetSeriesRequest, reference_service_client::ReferenceServiceClient},
+    proto::{GetOrderbookRequest, replay_service_client::ReplayServiceClient},
     server::ServerOptions,
 };
 use tokio_stream::StreamExt;
@@ -120,7 +120,8 @@ fn assert_listed(names: &[String]) {
 #[tokio::test]
 async fn rpcs_of_later_issues_answer_unimplemented() {
     let app = TestApp::start().await;
-    let mut reference = ReferenceServiceClient::new(app.channel().await);
-    let status = reference.get_series(GetSeriesRequest { ticker: "KXBTCD".into() }).await.expect_err("not yet");
+    let mut replay = ReplayServiceClient::new(app.channel().await);
+    let request = GetOrderbookRequest { market_ticker: "KXBTCD".into(), ..Default::default() };
+    let status = replay.get_orderbook(request).await.expect_err("not yet");
     assert_eq!(status.code(), Code::Unimplemented);
 }

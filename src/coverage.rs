@@ -1,0 +1,254 @@
+//! Coverage: over which UTC days the service holds data for a market, and how much.
+//!
+//! The counts come from `coverage_daily` (migrations/0002_coverage.sql), one row per market and UTC day with data,
+//! kept exact at write time by triggers on the fact tables: a backtest that asks about thousands of markets reads
+//! a few rows per market instead of counting partitions. One round trip answers the whole request; totals, first
+//! and last trade and gaps are folded in Rust from each market's days.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
+use tokio_postgres::{
+    GenericClient, Row,
+    types::{ToSql, Type},
+};
+
+use crate::{
+    error::Error,
+    proto::{CoverageGap, DayCoverage, GetCoverageRequest, MarketCoverage},
+    time,
+};
+
+/// Most markets one request may ask about, which bounds the work and the answer of one request.
+pub const MAX_TICKERS: usize = 10_000;
+
+/// The requested markets' days in [$2, $3) (a NULL bound is open). Rows come unsorted: a sort in the database
+/// would cost more than sorting each market's few days in Rust.
+const SELECT_DAYS: &str = "
+SELECT ticker, day, trade_count, delta_count, snapshot_count, first_trade_ts, last_trade_ts
+  FROM coverage_daily
+ WHERE ticker = ANY($1)
+   AND ($2::date IS NULL OR day >= $2)
+   AND ($3::date IS NULL OR day < $3)";
+
+/// The requested tickers that are not markets: normally none, so the check costs no rows.
+const SELECT_UNKNOWN: &str = "
+SELECT t FROM unnest($1::text[]) AS t WHERE NOT EXISTS (SELECT FROM markets m WHERE m.ticker = t)";
+
+/// The validated request: its tickers, start and end.
+pub type CoverageQuery = (Vec<String>, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
+/// Checks a GetCoverage request. Duplicate tickers are refused rather than answered twice, so that the answer
+/// has exactly one entry per ticker, in request order, and a client's bug shows up early.
+pub fn validate(request: &GetCoverageRequest) -> Result<CoverageQuery, Error> {
+    let tickers = &request.market_tickers;
+    if tickers.is_empty() || tickers.len() > MAX_TICKERS {
+        return Err(Error::invalid(
+            "market_tickers",
+            format!("1 to {MAX_TICKERS} market tickers are required, got {}", tickers.len()),
+        ));
+    }
+    let mut seen = HashMap::with_capacity(tickers.len());
+    for (index, ticker) in tickers.iter().enumerate() {
+        if ticker.is_empty() {
+            return Err(Error::invalid(format!("market_tickers[{index}]"), "must not be empty"));
+        }
+        if let Some(first) = seen.insert(ticker.as_str(), index) {
+            return Err(Error::invalid(
+                format!("market_tickers[{index}]"),
+                format!("duplicate of market_tickers[{first}]: {ticker}"),
+            ));
+        }
+    }
+    let (start, end) =
+        time::optional_range(request.start_time.as_ref(), request.end_time.as_ref(), "start_time", "end_time")?;
+    Ok((tickers.clone(), start, end))
+}
+
+/// What the service holds for each of `tickers` (unique, as [`validate`] leaves them) over the UTC days that
+/// [start, end) touches: one entry per ticker, in the same order. Tickers that are not markets are NOT_FOUND, all
+/// of them named, rather than answered with an empty coverage that looks like a market without data.
+pub async fn coverage(
+    client: &impl GenericClient,
+    tickers: &[String],
+    start: Option<DateTime<Utc>>,
+    end: Option<DateTime<Utc>>,
+) -> Result<Vec<MarketCoverage>, Error> {
+    let range = DayRange::widen(start, end);
+    // Two statements, sent together on the connection: one round trip, and each plans as a single-table query,
+    // which measured cheaper than one statement joining both.
+    let days_params: [(&(dyn ToSql + Sync), Type); 3] =
+        [(&tickers, Type::TEXT_ARRAY), (&range.start, Type::DATE), (&range.end, Type::DATE)];
+    let unknown_params: [(&(dyn ToSql + Sync), Type); 1] = [(&tickers, Type::TEXT_ARRAY)];
+    let (day_rows, unknown) = tokio::try_join!(
+        client.query_typed(SELECT_DAYS, &days_params),
+        client.query_typed(SELECT_UNKNOWN, &unknown_params),
+    )?;
+    if !unknown.is_empty() {
+        let mut names = unknown.iter().map(|row| row.try_get(0)).collect::<Result<Vec<String>, _>>()?;
+        names.sort_unstable();
+        return Err(Error::NotFound { kind: "market ticker", names });
+    }
+
+    let position: HashMap<&str, usize> = tickers.iter().enumerate().map(|(i, t)| (t.as_str(), i)).collect();
+    let mut days = vec![Vec::new(); tickers.len()];
+    for row in &day_rows {
+        let (ticker, day) = day_from_row(row)?;
+        if let Some(&i) = position.get(ticker) {
+            days[i].push(day);
+        }
+    }
+    tracing::debug!(markets = tickers.len(), days = day_rows.len(), "read coverage");
+    Ok(tickers
+        .iter()
+        .zip(&mut days)
+        .map(|(ticker, days)| {
+            days.sort_unstable_by_key(|d| d.day);
+            market_coverage(ticker, days, range)
+        })
+        .collect())
+}
+
+/// A range widened to whole UTC days: `start` inclusive, `end` exclusive; `None` is open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DayRange {
+    start: Option<NaiveDate>,
+    end: Option<NaiveDate>,
+}
+
+impl DayRange {
+    /// Rounds start down and end up to UTC midnight: coverage is kept per day, so a partial day counts whole.
+    fn widen(start: Option<DateTime<Utc>>, end: Option<DateTime<Utc>>) -> Self {
+        let end = end.map(|end| {
+            let day = end.date_naive();
+            if end == time::day_start(end) { day } else { day.succ_opt().unwrap_or(day) }
+        });
+        Self { start: start.map(|start| start.date_naive()), end }
+    }
+}
+
+/// One day of a market in `coverage_daily`.
+#[derive(Debug, Clone)]
+struct Day {
+    day: NaiveDate,
+    trades: i64,
+    deltas: i64,
+    snapshots: i64,
+    first_trade: Option<DateTime<Utc>>,
+    last_trade: Option<DateTime<Utc>>,
+}
+
+/// Maps a row of [`SELECT_DAYS`] to its market and day. By position: this runs for every day of every requested
+/// market, and the column names would be looked up each time.
+fn day_from_row(row: &Row) -> Result<(&str, Day), tokio_postgres::Error> {
+    let day = Day {
+        day: row.try_get(1)?,
+        trades: row.try_get(2)?,
+        deltas: row.try_get(3)?,
+        snapshots: row.try_get(4)?,
+        first_trade: row.try_get(5)?,
+        last_trade: row.try_get(6)?,
+    };
+    Ok((row.try_get(0)?, day))
+}
+
+/// Folds a market's days (ascending) into its answer.
+fn market_coverage(ticker: &str, days: &[Day], range: DayRange) -> MarketCoverage {
+    MarketCoverage {
+        market_ticker: ticker.to_owned(),
+        first_trade_time: days.iter().find_map(|d| d.first_trade).map(time::to_proto),
+        last_trade_time: days.iter().rev().find_map(|d| d.last_trade).map(time::to_proto),
+        trade_count: days.iter().map(|d| d.trades).sum(),
+        delta_count: days.iter().map(|d| d.deltas).sum(),
+        snapshot_count: days.iter().map(|d| d.snapshots).sum(),
+        days: days
+            .iter()
+            .map(|d| DayCoverage {
+                day_start: Some(time::to_proto(midnight(d.day))),
+                trade_count: d.trades,
+                delta_count: d.deltas,
+                snapshot_count: d.snapshots,
+            })
+            .collect(),
+        gaps: gaps(days.iter().map(|d| d.day), range)
+            .into_iter()
+            .map(|(start, end)| CoverageGap {
+                gap_start: Some(time::to_proto(midnight(start))),
+                gap_end: Some(time::to_proto(midnight(end))),
+            })
+            .collect(),
+    }
+}
+
+/// The maximal runs of days without data, as [first, after_last), inside `range`; an open bound is the first day
+/// with data, or the day after the last. Without data and with an open bound there is no range, hence no gap.
+fn gaps(days: impl Iterator<Item = NaiveDate> + Clone, range: DayRange) -> Vec<(NaiveDate, NaiveDate)> {
+    let start = range.start.or_else(|| days.clone().next());
+    let end = range.end.or_else(|| days.clone().last().and_then(|d| d.succ_opt()));
+    let (Some(mut cursor), Some(end)) = (start, end) else {
+        return Vec::new();
+    };
+    let mut gaps = Vec::new();
+    for day in days {
+        if day > cursor {
+            gaps.push((cursor, day));
+        }
+        match day.succ_opt() {
+            Some(next) => cursor = cursor.max(next),
+            None => return gaps,
+        }
+    }
+    if cursor < end {
+        gaps.push((cursor, end));
+    }
+    gaps
+}
+
+fn midnight(day: NaiveDate) -> DateTime<Utc> {
+    day.and_time(NaiveTime::MIN).and_utc()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn day(d: u32) -> NaiveDate {
+        NaiveDate::from_ymd_opt(2026, 1, d).expect("date")
+    }
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).expect("time").to_utc()
+    }
+
+    fn range(start: Option<u32>, end: Option<u32>) -> DayRange {
+        DayRange { start: start.map(day), end: end.map(day) }
+    }
+
+    #[test]
+    fn ranges_widen_to_whole_utc_days() {
+        let widened = DayRange::widen(Some(at("2026-01-03T10:00:00Z")), Some(at("2026-01-05T00:00:00.000001Z")));
+        assert_eq!(widened, range(Some(3), Some(6)));
+        let exact = DayRange::widen(Some(at("2026-01-03T00:00:00Z")), Some(at("2026-01-05T00:00:00Z")));
+        assert_eq!(exact, range(Some(3), Some(5)));
+        assert_eq!(DayRange::widen(None, None), range(None, None));
+    }
+
+    #[test]
+    fn gaps_are_maximal_runs_inside_the_range() {
+        let days = [day(1), day(2), day(5)];
+        let gaps_of = |r| gaps(days.iter().copied(), r);
+        // data on days 1, 2 and 5 of [1, 8)
+        assert_eq!(gaps_of(range(Some(1), Some(8))), [(day(3), day(5)), (day(6), day(8))]);
+        // open bounds stop at the data
+        assert_eq!(gaps_of(range(None, None)), [(day(3), day(5))]);
+        // a range starting before the data, open at the end
+        assert_eq!(gaps([day(3), day(4)].into_iter(), range(Some(1), None)), [(day(1), day(3))]);
+        // data after the range start only, open at the start
+        assert_eq!(gaps_of(range(None, Some(7))), [(day(3), day(5)), (day(6), day(7))]);
+        assert_eq!(gaps(std::iter::empty(), range(Some(2), None)), []);
+        // no data in a closed range: one gap over all of it
+        assert_eq!(gaps(std::iter::empty(), range(Some(2), Some(4))), [(day(2), day(4))]);
+        // contiguous data: none
+        assert_eq!(gaps([day(2), day(3)].into_iter(), range(Some(2), Some(4))), []);
+    }
+}

@@ -1,0 +1,446 @@
+//! ReferenceService over real gRPC: every lookup, each filter alone and combined, keyset paging (also under
+//! concurrent inserts), every error path, and the hierarchy round trip on generated data.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use chrono::NaiveDate;
+use common::TestApp;
+use kalshi_replay::{
+    generate::{DatasetSpec, generate},
+    proto::{
+        GetEventRequest, GetMarketRequest, GetSeriesRequest, GetSettlementRequest, ListEventsRequest,
+        ListMarketsRequest, ListSeriesRequest, ListSettlementsRequest, MarketStatus, SettlementResult,
+        reference_service_client::ReferenceServiceClient,
+    },
+};
+use prost_types::Timestamp;
+use tonic::{Code, transport::Channel};
+
+type Client = ReferenceServiceClient<Channel>;
+
+/// A small hand-made hierarchy whose every filter outcome is known.
+const FIXTURE: &str = "
+INSERT INTO series (ticker, title, category, tags, frequency, updated_at) VALUES
+  ('KXBTC', 'Bitcoin', 'Crypto', '{btc,daily}', 'daily', '2026-01-01Z'),
+  ('KXCPI', 'CPI', 'Economics', '{cpi}', 'monthly', '2026-01-01Z'),
+  ('KXETH', 'Ether', 'Crypto', '{eth,daily}', 'daily', '2026-01-01Z');
+INSERT INTO events (event_ticker, series_ticker, title, category, strike_date, updated_at) VALUES
+  ('KXBTC-26JAN05', 'KXBTC', 'BTC Jan 5', 'Crypto', '2026-01-05T22:00Z', '2026-01-01Z'),
+  ('KXBTC-26JAN06', 'KXBTC', 'BTC Jan 6', 'Crypto', '2026-01-06T22:00Z', '2026-01-01Z'),
+  ('KXCPI-26JAN', 'KXCPI', 'CPI Jan', 'Economics', '2026-02-12T13:30Z', '2026-01-01Z'),
+  ('KXETH-26JAN05', 'KXETH', 'ETH Jan 5', 'Crypto', '2026-01-05T22:00Z', '2026-01-01Z');
+INSERT INTO markets (ticker, event_ticker, series_ticker, status, open_time, close_time, floor_strike, updated_at) VALUES
+  ('KXBTC-26JAN05-T100000', 'KXBTC-26JAN05', 'KXBTC', 8, '2026-01-04T22:00Z', '2026-01-05T22:00Z', 100000, '2026-01-01Z'),
+  ('KXBTC-26JAN05-T99999.99', 'KXBTC-26JAN05', 'KXBTC', 8, '2026-01-04T22:00Z', '2026-01-05T22:00Z', 99999.99, '2026-01-01Z'),
+  ('KXBTC-26JAN06-T100000', 'KXBTC-26JAN06', 'KXBTC', 3, '2026-01-05T22:00Z', '2026-01-06T22:00Z', 100000, '2026-01-01Z'),
+  ('KXCPI-26JAN-T0.3', 'KXCPI-26JAN', 'KXCPI', 4, '2026-01-15T00:00Z', '2026-02-12T13:00Z', 0.3, '2026-01-01Z'),
+  ('KXETH-26JAN05-T3500', 'KXETH-26JAN05', 'KXETH', 8, '2026-01-04T22:00Z', '2026-01-05T22:00Z', 3500, '2026-01-01Z');
+INSERT INTO settlements (market_ticker, event_ticker, series_ticker, result, settlement_value_micros,
+                         determined_time, settled_time, updated_at) VALUES
+  ('KXBTC-26JAN05-T100000', 'KXBTC-26JAN05', 'KXBTC', 2, 0, '2026-01-05T22:05Z', '2026-01-05T23:00Z', '2026-01-06Z'),
+  ('KXBTC-26JAN05-T99999.99', 'KXBTC-26JAN05', 'KXBTC', 1, 1000000, '2026-01-05T22:05Z', '2026-01-05T23:00Z', '2026-01-06Z'),
+  ('KXETH-26JAN05-T3500', 'KXETH-26JAN05', 'KXETH', 4, 500000, '2026-01-05T22:05Z', '2026-01-06T01:00Z', '2026-01-06Z');
+";
+
+async fn fixture() -> (TestApp, Client) {
+    let app = TestApp::start().await;
+    app.db.client().await.batch_execute(FIXTURE).await.expect("fixture");
+    let client = ReferenceServiceClient::new(app.channel().await);
+    (app, client)
+}
+
+fn at(s: &str) -> Option<Timestamp> {
+    let t = chrono::DateTime::parse_from_rfc3339(s).expect("time");
+    Some(Timestamp { seconds: t.timestamp(), nanos: 0 })
+}
+
+fn assert_invalid(status: tonic::Status, field: &str) {
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().starts_with(field), "message should name {field}: {}", status.message());
+}
+
+#[tokio::test]
+async fn gets_return_the_row_or_not_found_naming_the_ticker() {
+    let (_app, mut client) = fixture().await;
+    let series = client.get_series(GetSeriesRequest { ticker: "KXBTC".into() }).await.expect("series");
+    let series = series.into_inner().series.expect("set");
+    assert_eq!(
+        (series.title.as_str(), series.tags.as_slice()),
+        ("Bitcoin", &["btc".to_owned(), "daily".to_owned()][..])
+    );
+
+    let market = client.get_market(GetMarketRequest { ticker: "KXBTC-26JAN05-T99999.99".into() }).await;
+    let market = market.expect("market").into_inner().market.expect("set");
+    assert_eq!(market.floor_strike, "99999.99", "strikes are exact decimals");
+    assert_eq!(market.status(), MarketStatus::Finalized);
+    assert_eq!(market.series_ticker, "KXBTC");
+
+    let event = client.get_event(GetEventRequest { event_ticker: "KXBTC-26JAN05".into(), include_markets: true });
+    let event = event.await.expect("event").into_inner();
+    assert_eq!(event.event.expect("set").strike_date, at("2026-01-05T22:00:00Z"));
+    let tickers: Vec<_> = event.markets.iter().map(|m| m.ticker.as_str()).collect();
+    assert_eq!(tickers, ["KXBTC-26JAN05-T100000", "KXBTC-26JAN05-T99999.99"]);
+    let bare = client.get_event(GetEventRequest { event_ticker: "KXBTC-26JAN05".into(), include_markets: false });
+    assert!(bare.await.expect("event").into_inner().markets.is_empty());
+
+    let settlement = client.get_settlement(GetSettlementRequest { market_ticker: "KXETH-26JAN05-T3500".into() });
+    let settlement = settlement.await.expect("settlement").into_inner().settlement.expect("set");
+    assert_eq!((settlement.result(), settlement.settlement_value_micros), (SettlementResult::Void, 500_000));
+    assert_eq!(settlement.series_ticker, "KXETH");
+
+    let missing = [
+        client.get_series(GetSeriesRequest { ticker: "NOPE".into() }).await.expect_err("series"),
+        client
+            .get_event(GetEventRequest { event_ticker: "NOPE".into(), include_markets: true })
+            .await
+            .expect_err("event"),
+        client.get_market(GetMarketRequest { ticker: "NOPE".into() }).await.expect_err("market"),
+        client
+            .get_settlement(GetSettlementRequest { market_ticker: "KXCPI-26JAN-T0.3".into() })
+            .await
+            .expect_err("open"),
+    ];
+    for status in missing {
+        assert_eq!(status.code(), Code::NotFound, "{status:?}");
+        assert!(status.message().contains("NOPE") || status.message().contains("KXCPI-26JAN-T0.3"), "{status:?}");
+    }
+    assert_invalid(client.get_market(GetMarketRequest { ticker: String::new() }).await.expect_err("empty"), "ticker");
+}
+
+async fn series_tickers(client: &mut Client, request: ListSeriesRequest) -> Vec<String> {
+    client.list_series(request).await.expect("list").into_inner().series.into_iter().map(|s| s.ticker).collect()
+}
+
+async fn event_tickers(client: &mut Client, request: ListEventsRequest) -> Vec<String> {
+    let events = client.list_events(request).await.expect("list").into_inner().events;
+    events.into_iter().map(|e| e.event_ticker).collect()
+}
+
+async fn market_tickers(client: &mut Client, request: ListMarketsRequest) -> Vec<String> {
+    client.list_markets(request).await.expect("list").into_inner().markets.into_iter().map(|m| m.ticker).collect()
+}
+
+async fn settled_tickers(client: &mut Client, request: ListSettlementsRequest) -> Vec<String> {
+    let settlements = client.list_settlements(request).await.expect("list").into_inner().settlements;
+    settlements.into_iter().map(|s| s.market_ticker).collect()
+}
+
+#[tokio::test]
+async fn each_filter_alone_and_combined() {
+    let (_app, mut c) = fixture().await;
+    assert_eq!(series_tickers(&mut c, ListSeriesRequest::default()).await, ["KXBTC", "KXCPI", "KXETH"]);
+    let crypto = ListSeriesRequest { category: "Crypto".into(), ..Default::default() };
+    assert_eq!(series_tickers(&mut c, crypto.clone()).await, ["KXBTC", "KXETH"]);
+    assert_eq!(
+        series_tickers(&mut c, ListSeriesRequest { tag: "daily".into(), ..Default::default() }).await,
+        ["KXBTC", "KXETH"]
+    );
+    assert_eq!(series_tickers(&mut c, ListSeriesRequest { tag: "eth".into(), ..crypto }).await, ["KXETH"]);
+
+    let all = event_tickers(&mut c, ListEventsRequest::default()).await;
+    assert_eq!(all, ["KXBTC-26JAN05", "KXBTC-26JAN06", "KXCPI-26JAN", "KXETH-26JAN05"]);
+    let btc = ListEventsRequest { series_ticker: "KXBTC".into(), ..Default::default() };
+    assert_eq!(event_tickers(&mut c, btc.clone()).await, ["KXBTC-26JAN05", "KXBTC-26JAN06"]);
+    let active = ListEventsRequest { status: MarketStatus::Active.into(), ..Default::default() };
+    assert_eq!(event_tickers(&mut c, active).await, ["KXBTC-26JAN06"]);
+    let crypto = ListEventsRequest { category: "Crypto".into(), ..Default::default() };
+    assert_eq!(event_tickers(&mut c, crypto).await, ["KXBTC-26JAN05", "KXBTC-26JAN06", "KXETH-26JAN05"]);
+    let jan5 = ListEventsRequest {
+        strike_date_start: at("2026-01-05T00:00:00Z"),
+        strike_date_end: at("2026-01-06T00:00:00Z"),
+        ..Default::default()
+    };
+    assert_eq!(event_tickers(&mut c, jan5.clone()).await, ["KXBTC-26JAN05", "KXETH-26JAN05"]);
+    let from = ListEventsRequest { strike_date_start: at("2026-01-06T22:00:00Z"), ..Default::default() };
+    assert_eq!(event_tickers(&mut c, from).await, ["KXBTC-26JAN06", "KXCPI-26JAN"], "start is inclusive");
+    let finalized_btc_jan5 = ListEventsRequest {
+        status: MarketStatus::Finalized.into(),
+        ..ListEventsRequest { series_ticker: "KXBTC".into(), ..jan5 }
+    };
+    assert_eq!(event_tickers(&mut c, finalized_btc_jan5).await, ["KXBTC-26JAN05"]);
+
+    let by_event = ListMarketsRequest { event_ticker: "KXBTC-26JAN05".into(), ..Default::default() };
+    assert_eq!(market_tickers(&mut c, by_event).await, ["KXBTC-26JAN05-T100000", "KXBTC-26JAN05-T99999.99"]);
+    let by_series = ListMarketsRequest { series_ticker: "KXBTC".into(), ..Default::default() };
+    assert_eq!(market_tickers(&mut c, by_series.clone()).await.len(), 3);
+    let closed = ListMarketsRequest { status: MarketStatus::Closed.into(), ..Default::default() };
+    assert_eq!(market_tickers(&mut c, closed).await, ["KXCPI-26JAN-T0.3"]);
+    // open at some time in [Jan 6 00:00, Jan 6 01:00): opened before the end, closed at or after the start
+    let window = ListMarketsRequest {
+        window_start: at("2026-01-06T00:00:00Z"),
+        window_end: at("2026-01-06T01:00:00Z"),
+        ..Default::default()
+    };
+    assert_eq!(market_tickers(&mut c, window.clone()).await, ["KXBTC-26JAN06-T100000"]);
+    let edge = ListMarketsRequest { window_start: at("2026-01-05T22:00:00Z"), ..Default::default() };
+    assert_eq!(market_tickers(&mut c, edge).await.len(), 5, "close_time equal to the window start counts");
+    let active_in_window = ListMarketsRequest { status: MarketStatus::Finalized.into(), ..window };
+    assert!(market_tickers(&mut c, active_in_window).await.is_empty());
+    let combined = ListMarketsRequest { status: MarketStatus::Finalized.into(), ..by_series };
+    assert_eq!(market_tickers(&mut c, combined).await, ["KXBTC-26JAN05-T100000", "KXBTC-26JAN05-T99999.99"]);
+
+    assert_eq!(settled_tickers(&mut c, ListSettlementsRequest::default()).await.len(), 3);
+    let btc = ListSettlementsRequest { series_ticker: "KXBTC".into(), ..Default::default() };
+    assert_eq!(settled_tickers(&mut c, btc.clone()).await.len(), 2);
+    let by_event = ListSettlementsRequest { event_ticker: "KXETH-26JAN05".into(), ..Default::default() };
+    assert_eq!(settled_tickers(&mut c, by_event).await, ["KXETH-26JAN05-T3500"]);
+    let yes = ListSettlementsRequest { result: SettlementResult::Yes.into(), ..btc };
+    assert_eq!(settled_tickers(&mut c, yes).await, ["KXBTC-26JAN05-T99999.99"]);
+    let late = ListSettlementsRequest { settled_start: at("2026-01-06T00:00:00Z"), ..Default::default() };
+    assert_eq!(settled_tickers(&mut c, late).await, ["KXETH-26JAN05-T3500"]);
+    let early = ListSettlementsRequest { settled_end: at("2026-01-06T00:00:00Z"), ..Default::default() };
+    assert_eq!(settled_tickers(&mut c, early).await.len(), 2);
+}
+
+#[tokio::test]
+async fn every_invalid_argument_names_its_field() {
+    let (_app, mut c) = fixture().await;
+    for size in [-1, 1001] {
+        let status =
+            c.list_series(ListSeriesRequest { page_size: size, ..Default::default() }).await.expect_err("size");
+        assert_invalid(status, "page_size");
+    }
+    let unknown = ListMarketsRequest { status: 99, ..Default::default() };
+    let status = c.list_markets(unknown).await.expect_err("unknown status");
+    assert_invalid(status.clone(), "status");
+    assert!(status.message().contains("MARKET_STATUS_ACTIVE") || status.message().contains("ACTIVE"), "{status:?}");
+    let unknown = ListEventsRequest { status: -3, ..Default::default() };
+    assert_invalid(c.list_events(unknown).await.expect_err("unknown status"), "status");
+    let unknown = ListSettlementsRequest { result: 7, ..Default::default() };
+    assert_invalid(c.list_settlements(unknown).await.expect_err("unknown result"), "result");
+
+    let inverted = ListMarketsRequest {
+        window_start: at("2026-01-06T00:00:00Z"),
+        window_end: at("2026-01-05T00:00:00Z"),
+        ..Default::default()
+    };
+    assert_invalid(c.list_markets(inverted).await.expect_err("inverted"), "window_end");
+    let empty = ListEventsRequest {
+        strike_date_start: at("2026-01-06T00:00:00Z"),
+        strike_date_end: at("2026-01-06T00:00:00Z"),
+        ..Default::default()
+    };
+    assert_invalid(c.list_events(empty).await.expect_err("empty range"), "strike_date_end");
+    let inverted = ListSettlementsRequest {
+        settled_start: at("2026-01-07T00:00:00Z"),
+        settled_end: at("2026-01-06T00:00:00Z"),
+        ..Default::default()
+    };
+    assert_invalid(c.list_settlements(inverted).await.expect_err("inverted"), "settled_end");
+    let nanos =
+        ListSettlementsRequest { settled_start: Some(Timestamp { seconds: 0, nanos: 1 }), ..Default::default() };
+    assert_invalid(c.list_settlements(nanos).await.expect_err("sub-microsecond"), "settled_start");
+
+    // tokens: damaged, altered by one byte, or from other filters
+    let first = c.list_markets(ListMarketsRequest { page_size: 2, ..Default::default() }).await.expect("page");
+    let token = first.into_inner().next_page_token;
+    assert!(!token.is_empty());
+    let damaged = ListMarketsRequest { page_size: 2, page_token: "garbage".into(), ..Default::default() };
+    assert_invalid(c.list_markets(damaged).await.expect_err("damaged"), "page_token");
+    let mut altered = token.clone().into_bytes();
+    altered[5] = if altered[5] == b'A' { b'B' } else { b'A' };
+    let altered = ListMarketsRequest { page_token: String::from_utf8(altered).expect("ascii"), ..Default::default() };
+    assert_invalid(c.list_markets(altered).await.expect_err("altered"), "page_token");
+    let other_filters =
+        ListMarketsRequest { series_ticker: "KXBTC".into(), page_token: token.clone(), ..Default::default() };
+    assert_invalid(c.list_markets(other_filters).await.expect_err("other filters"), "page_token");
+    let other_rpc = ListSeriesRequest { page_token: token.clone(), ..Default::default() };
+    assert_invalid(c.list_series(other_rpc).await.expect_err("other rpc"), "page_token");
+    // the page size may change between pages
+    let bigger = ListMarketsRequest { page_size: 10, page_token: token, ..Default::default() };
+    assert_eq!(c.list_markets(bigger).await.expect("next page").into_inner().markets.len(), 3);
+}
+
+/// Walks every page of ListMarkets with `page_size` and returns the tickers in order.
+async fn walk_markets(client: &mut Client, page_size: i32) -> Vec<String> {
+    let mut tickers = Vec::new();
+    let mut token = String::new();
+    loop {
+        let request = ListMarketsRequest { page_size, page_token: token, ..Default::default() };
+        let page = client.list_markets(request).await.expect("page").into_inner();
+        assert!(page.markets.len() <= page_size as usize);
+        tickers.extend(page.markets.into_iter().map(|m| m.ticker));
+        if page.next_page_token.is_empty() {
+            return tickers;
+        }
+        token = page.next_page_token;
+    }
+}
+
+#[tokio::test]
+async fn a_paged_walk_under_concurrent_inserts_sees_every_row_once() {
+    let app = TestApp::start().await;
+    let db = app.db.client().await;
+    db.execute(
+        "INSERT INTO markets (ticker, event_ticker, series_ticker, status, updated_at)
+         SELECT format('M%s', lpad((i * 2)::text, 5, '0')), 'E', 'S', 3, now() FROM generate_series(1, 400) i",
+        &[],
+    )
+    .await
+    .expect("initial markets");
+    let before: BTreeSet<String> =
+        db.query("SELECT ticker FROM markets", &[]).await.expect("select").iter().map(|r| r.get(0)).collect();
+
+    // odd tickers land between the even ones, before and after the cursor, while the walk runs
+    let writer = {
+        let db = app.db.client().await;
+        tokio::spawn(async move {
+            for i in 0..400 {
+                let ticker = format!("M{:05}", i * 2 + 1);
+                db.execute(
+                    "INSERT INTO markets (ticker, event_ticker, series_ticker, status, updated_at)
+                     VALUES ($1, 'E', 'S', 3, now())",
+                    &[&ticker],
+                )
+                .await
+                .expect("concurrent insert");
+                if i % 10 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        })
+    };
+    let mut client = ReferenceServiceClient::new(app.channel().await);
+    let walked = walk_markets(&mut client, 7).await;
+    writer.await.expect("writer");
+
+    let unique: BTreeSet<String> = walked.iter().cloned().collect();
+    assert_eq!(unique.len(), walked.len(), "no ticker twice");
+    assert!(walked.windows(2).all(|w| w[0] < w[1]), "strictly ascending");
+    assert!(before.is_subset(&unique), "every row that existed throughout was seen");
+
+    // and a quiet walk returns exactly the table
+    let all = walk_markets(&mut client, 1000).await;
+    assert_eq!(all.len(), 800);
+    assert_eq!(walk_markets(&mut client, 13).await, all);
+}
+
+#[tokio::test]
+async fn the_hierarchy_round_trips_on_generated_data() {
+    let app = TestApp::start().await;
+    let spec = DatasetSpec {
+        seed: 11,
+        markets: 40,
+        days: 3,
+        trades: 2_000,
+        start: NaiveDate::from_ymd_opt(2026, 3, 1).expect("date"),
+    };
+    generate(&mut app.db.client().await, &spec).await.expect("generate");
+    let mut c = ReferenceServiceClient::new(app.channel().await);
+
+    let (mut markets_seen, mut settlements_seen) = (0, 0);
+    let series = c.list_series(ListSeriesRequest::default()).await.expect("series").into_inner().series;
+    assert!(!series.is_empty());
+    for s in &series {
+        let events = ListEventsRequest { series_ticker: s.ticker.clone(), page_size: 1000, ..Default::default() };
+        let events = c.list_events(events).await.expect("events").into_inner().events;
+        assert!(!events.is_empty(), "series {} has events", s.ticker);
+        for e in events {
+            assert_eq!(e.series_ticker, s.ticker);
+            let with_markets = GetEventRequest { event_ticker: e.event_ticker.clone(), include_markets: true };
+            let got = c.get_event(with_markets).await.expect("event").into_inner();
+            assert_eq!(got.event.as_ref(), Some(&e));
+            let listed =
+                ListMarketsRequest { event_ticker: e.event_ticker.clone(), page_size: 1000, ..Default::default() };
+            let listed = c.list_markets(listed).await.expect("markets").into_inner().markets;
+            assert_eq!(got.markets, listed);
+            for m in &listed {
+                assert_eq!(
+                    (m.event_ticker.as_str(), m.series_ticker.as_str()),
+                    (e.event_ticker.as_str(), s.ticker.as_str())
+                );
+                let single = c.get_market(GetMarketRequest { ticker: m.ticker.clone() }).await.expect("market");
+                assert_eq!(single.into_inner().market.as_ref(), Some(m));
+            }
+            let settled =
+                ListSettlementsRequest { event_ticker: e.event_ticker.clone(), page_size: 1000, ..Default::default() };
+            let settled = c.list_settlements(settled).await.expect("settlements").into_inner().settlements;
+            let finalized: Vec<&str> =
+                listed.iter().filter(|m| m.status() == MarketStatus::Finalized).map(|m| m.ticker.as_str()).collect();
+            let settled_tickers: Vec<&str> = settled.iter().map(|s| s.market_ticker.as_str()).collect();
+            assert_eq!(settled_tickers, finalized, "exactly the finalized markets settled");
+            markets_seen += listed.len();
+            settlements_seen += settled.len();
+        }
+    }
+    assert_eq!(markets_seen, 40);
+    let all_settled = walk_settlements(&mut c).await;
+    assert_eq!(all_settled, settlements_seen);
+}
+
+async fn walk_settlements(client: &mut Client) -> usize {
+    let (mut count, mut token) = (0, String::new());
+    loop {
+        let request = ListSettlementsRequest { page_size: 3, page_token: token, ..Default::default() };
+        let page = client.list_settlements(request).await.expect("page").into_inner();
+        count += page.settlements.len();
+        if page.next_page_token.is_empty() {
+            return count;
+        }
+        token = page.next_page_token;
+    }
+}
+
+#[tokio::test]
+async fn get_coverage_over_grpc_reports_days_counts_and_gaps() {
+    use kalshi_replay::proto::GetCoverageRequest;
+    let (app, mut c) = fixture().await;
+    let db = app.db.client().await;
+    kalshi_replay::partitions::ensure_range(
+        &db,
+        chrono::DateTime::parse_from_rfc3339("2026-01-04T00:00:00Z").expect("t").to_utc(),
+        chrono::DateTime::parse_from_rfc3339("2026-01-08T00:00:00Z").expect("t").to_utc(),
+    )
+    .await
+    .expect("partitions");
+    db.batch_execute(
+        "INSERT INTO trades (ts, ticker, trade_id, yes_price_micros, count_centi, taker_side) VALUES
+           ('2026-01-04T23:00:00Z', 'KXBTC-26JAN05-T100000', 'a', 400000, 100, 1),
+           ('2026-01-05T01:00:00Z', 'KXBTC-26JAN05-T100000', 'b', 410000, 250, 2),
+           ('2026-01-05T21:59:59.999999Z', 'KXBTC-26JAN05-T100000', 'c', 990000, 100, 1),
+           ('2026-01-07T10:00:00Z', 'KXBTC-26JAN05-T100000', 'd', 990000, 100, 1)",
+    )
+    .await
+    .expect("trades");
+
+    let request = GetCoverageRequest {
+        market_tickers: vec!["KXBTC-26JAN05-T100000".into(), "KXETH-26JAN05-T3500".into()],
+        start_time: at("2026-01-04T00:00:00Z"),
+        end_time: at("2026-01-08T00:00:00Z"),
+    };
+    let markets = c.get_coverage(request).await.expect("coverage").into_inner().markets;
+    assert_eq!(markets.len(), 2, "one entry per requested market, in request order");
+    let btc = &markets[0];
+    assert_eq!(btc.market_ticker, "KXBTC-26JAN05-T100000");
+    assert_eq!(btc.trade_count, 4);
+    assert_eq!(btc.first_trade_time, at("2026-01-04T23:00:00Z"));
+    assert_eq!(btc.last_trade_time, at("2026-01-07T10:00:00Z"));
+    let days: Vec<_> = btc.days.iter().map(|d| (d.day_start, d.trade_count)).collect();
+    assert_eq!(
+        days,
+        [(at("2026-01-04T00:00:00Z"), 1), (at("2026-01-05T00:00:00Z"), 2), (at("2026-01-07T00:00:00Z"), 1)]
+    );
+    let gaps: Vec<_> = btc.gaps.iter().map(|g| (g.gap_start, g.gap_end)).collect();
+    assert_eq!(gaps, [(at("2026-01-06T00:00:00Z"), at("2026-01-07T00:00:00Z"))]);
+    let eth = &markets[1];
+    assert_eq!((eth.trade_count, eth.days.len(), eth.first_trade_time.is_none()), (0, 0, true));
+    assert_eq!(eth.gaps.len(), 1, "no data at all: the whole range is one gap");
+
+    let unknown = GetCoverageRequest {
+        market_tickers: vec!["KXBTC-26JAN05-T100000".into(), "NOPE-1".into(), "NOPE-2".into()],
+        ..Default::default()
+    };
+    let status = c.get_coverage(unknown).await.expect_err("unknown");
+    assert_eq!(status.code(), Code::NotFound);
+    assert!(status.message().contains("NOPE-1") && status.message().contains("NOPE-2"), "{status:?}");
+    let none = GetCoverageRequest::default();
+    assert_invalid(c.get_coverage(none).await.expect_err("no tickers"), "market_tickers");
+    let inverted = GetCoverageRequest {
+        market_tickers: vec!["KXBTC-26JAN05-T100000".into()],
+        start_time: at("2026-01-08T00:00:00Z"),
+        end_time: at("2026-01-04T00:00:00Z"),
+    };
+    assert_invalid(c.get_coverage(inverted).await.expect_err("inverted"), "end_time");
+}
