@@ -5,7 +5,7 @@
 //! a few rows per market instead of counting partitions. One round trip answers the whole request; totals, first
 //! and last trade and gaps are folded in Rust from each market's days.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
 use tokio_postgres::{
@@ -31,9 +31,9 @@ SELECT ticker, day, trade_count, delta_count, snapshot_count, first_trade_ts, la
    AND ($2::date IS NULL OR day >= $2)
    AND ($3::date IS NULL OR day < $3)";
 
-/// The requested tickers that are not markets: normally none, so the check costs no rows.
-const SELECT_UNKNOWN: &str = "
-SELECT t FROM unnest($1::text[]) AS t WHERE NOT EXISTS (SELECT FROM markets m WHERE m.ticker = t)";
+/// The requested tickers that are markets. (An anti-join returning the unknown ones returns fewer rows, but it
+/// measured slower.)
+const SELECT_KNOWN: &str = "SELECT ticker FROM markets WHERE ticker = ANY($1)";
 
 /// The validated request: its tickers, start and end.
 pub type CoverageQuery = (Vec<String>, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
@@ -79,13 +79,14 @@ pub async fn coverage(
     // which measured cheaper than one statement joining both.
     let days_params: [(&(dyn ToSql + Sync), Type); 3] =
         [(&tickers, Type::TEXT_ARRAY), (&range.start, Type::DATE), (&range.end, Type::DATE)];
-    let unknown_params: [(&(dyn ToSql + Sync), Type); 1] = [(&tickers, Type::TEXT_ARRAY)];
-    let (day_rows, unknown) = tokio::try_join!(
+    let known_params: [(&(dyn ToSql + Sync), Type); 1] = [(&tickers, Type::TEXT_ARRAY)];
+    let (day_rows, known) = tokio::try_join!(
         client.query_typed(SELECT_DAYS, &days_params),
-        client.query_typed(SELECT_UNKNOWN, &unknown_params),
+        client.query_typed(SELECT_KNOWN, &known_params),
     )?;
-    if !unknown.is_empty() {
-        let mut names = unknown.iter().map(|row| row.try_get(0)).collect::<Result<Vec<String>, _>>()?;
+    if known.len() < tickers.len() {
+        let known = known.iter().map(|row| row.try_get(0)).collect::<Result<HashSet<&str>, _>>()?;
+        let mut names: Vec<String> = tickers.iter().filter(|t| !known.contains(t.as_str())).cloned().collect();
         names.sort_unstable();
         return Err(Error::NotFound { kind: "market ticker", names });
     }

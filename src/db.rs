@@ -72,6 +72,9 @@ impl Database {
         bb8::Pool::builder()
             .max_size(size)
             .connection_timeout(timeout)
+            // no validation query on every checkout (a round trip per RPC): a connection that broke is seen as
+            // closed and discarded when it is returned, and its RPC fails with UNAVAILABLE
+            .test_on_check_out(false)
             .build(manager)
             .await
             .map_err(|e| Error::Connect { target: describe(&self.config), reason: e.to_string() })

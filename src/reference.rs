@@ -7,7 +7,10 @@
 use chrono::{DateTime, Utc};
 use prost::Message;
 use rust_decimal::Decimal;
-use tokio_postgres::{Row, types::ToSql};
+use tokio_postgres::{
+    Row,
+    types::{ToSql, Type},
+};
 use tonic::{Request, Response, Status};
 
 use crate::{
@@ -57,8 +60,10 @@ impl ReferenceApi {
     /// Runs one query and maps its rows.
     async fn rows<T>(&self, query: &Query, map: RowMap<T>) -> Result<Vec<T>, Error> {
         let conn = self.pool.get().await?;
-        let params: Vec<&(dyn ToSql + Sync)> = query.params.iter().map(|p| &**p as _).collect();
-        let rows = conn.query(&query.sql, &params).await?;
+        let params: Vec<(&(dyn ToSql + Sync), Type)> =
+            query.params.iter().map(|(value, ty)| (&**value as _, ty.clone())).collect();
+        // typed parameters let the driver parse, bind and execute in one round trip (no describe step)
+        let rows = conn.query_typed(&query.sql, &params).await?;
         Ok(rows.iter().map(map).collect::<Result<_, _>>()?)
     }
 
@@ -75,8 +80,8 @@ impl ReferenceApi {
             return Err(Error::invalid(field, "required"));
         }
         let conn = self.pool.get().await?;
-        match conn.query_opt(sql, &[&ticker]).await? {
-            Some(row) => Ok(map(&row)?),
+        match conn.query_typed(sql, &[(&ticker, Type::TEXT)]).await?.first() {
+            Some(row) => Ok(map(row)?),
             None => Err(Error::NotFound { kind, names: vec![ticker.to_owned()] }),
         }
     }
@@ -100,10 +105,10 @@ impl ReferenceService for ReferenceApi {
         })?;
         let mut query = Query::new(format!("SELECT {SERIES_COLUMNS} FROM series"));
         if !req.category.is_empty() {
-            query.filter("category = {}", req.category.clone());
+            query.filter("category = {}", req.category.clone(), Type::TEXT);
         }
         if !req.tag.is_empty() {
-            query.filter("{} = ANY(tags)", req.tag.clone());
+            query.filter("{} = ANY(tags)", req.tag.clone(), Type::TEXT);
         }
         let series = self.rows(&page.finish(query, "ticker"), series_from_row).await?;
         let (series, next_page_token) = page.split(series, |s| s.ticker.as_bytes());
@@ -117,7 +122,7 @@ impl ReferenceService for ReferenceApi {
         let event = self.one(&sql, &req.event_ticker, "event_ticker", "event ticker", event_from_row).await?;
         let markets = if req.include_markets {
             let mut query = Query::new(format!("SELECT {MARKET_COLUMNS} FROM markets"));
-            query.filter("event_ticker = {}", req.event_ticker);
+            query.filter("event_ticker = {}", req.event_ticker, Type::TEXT);
             query.sql.push_str(" ORDER BY ticker");
             self.rows(&query, market_from_row).await?
         } else {
@@ -142,22 +147,23 @@ impl ReferenceService for ReferenceApi {
         )?;
         let mut query = Query::new(format!("SELECT {EVENT_COLUMNS} FROM events e"));
         if !req.series_ticker.is_empty() {
-            query.filter("series_ticker = {}", req.series_ticker.clone());
+            query.filter("series_ticker = {}", req.series_ticker.clone(), Type::TEXT);
         }
         if let Some(status) = status {
             query.filter(
                 "EXISTS (SELECT 1 FROM markets m WHERE m.event_ticker = e.event_ticker AND m.status = {})",
                 status,
+                Type::INT2,
             );
         }
         if !req.category.is_empty() {
-            query.filter("category = {}", req.category.clone());
+            query.filter("category = {}", req.category.clone(), Type::TEXT);
         }
         if let Some(start) = start {
-            query.filter("strike_date >= {}", start);
+            query.filter("strike_date >= {}", start, Type::TIMESTAMPTZ);
         }
         if let Some(end) = end {
-            query.filter("strike_date < {}", end);
+            query.filter("strike_date < {}", end, Type::TIMESTAMPTZ);
         }
         let events = self.rows(&page.finish(query, "event_ticker"), event_from_row).await?;
         let (events, next_page_token) = page.split(events, |e| e.event_ticker.as_bytes());
@@ -186,20 +192,20 @@ impl ReferenceService for ReferenceApi {
             time::optional_range(req.window_start.as_ref(), req.window_end.as_ref(), "window_start", "window_end")?;
         let mut query = Query::new(format!("SELECT {MARKET_COLUMNS} FROM markets"));
         if !req.event_ticker.is_empty() {
-            query.filter("event_ticker = {}", req.event_ticker.clone());
+            query.filter("event_ticker = {}", req.event_ticker.clone(), Type::TEXT);
         }
         if !req.series_ticker.is_empty() {
-            query.filter("series_ticker = {}", req.series_ticker.clone());
+            query.filter("series_ticker = {}", req.series_ticker.clone(), Type::TEXT);
         }
         if let Some(status) = status {
-            query.filter("status = {}", status);
+            query.filter("status = {}", status, Type::INT2);
         }
         // open at some time in the window: opened before it ends, closed at or after it starts
         if let Some(end) = end {
-            query.filter("open_time < {}", end);
+            query.filter("open_time < {}", end, Type::TIMESTAMPTZ);
         }
         if let Some(start) = start {
-            query.filter("close_time >= {}", start);
+            query.filter("close_time >= {}", start, Type::TIMESTAMPTZ);
         }
         let markets = self.rows(&page.finish(query, "ticker"), market_from_row).await?;
         let (markets, next_page_token) = page.split(markets, |m| m.ticker.as_bytes());
@@ -233,19 +239,19 @@ impl ReferenceService for ReferenceApi {
             time::optional_range(req.settled_start.as_ref(), req.settled_end.as_ref(), "settled_start", "settled_end")?;
         let mut query = Query::new(format!("SELECT {SETTLEMENT_COLUMNS} FROM settlements"));
         if !req.event_ticker.is_empty() {
-            query.filter("event_ticker = {}", req.event_ticker.clone());
+            query.filter("event_ticker = {}", req.event_ticker.clone(), Type::TEXT);
         }
         if !req.series_ticker.is_empty() {
-            query.filter("series_ticker = {}", req.series_ticker.clone());
+            query.filter("series_ticker = {}", req.series_ticker.clone(), Type::TEXT);
         }
         if let Some(result) = result {
-            query.filter("result = {}", result);
+            query.filter("result = {}", result, Type::INT2);
         }
         if let Some(start) = start {
-            query.filter("settled_time >= {}", start);
+            query.filter("settled_time >= {}", start, Type::TIMESTAMPTZ);
         }
         if let Some(end) = end {
-            query.filter("settled_time < {}", end);
+            query.filter("settled_time < {}", end, Type::TIMESTAMPTZ);
         }
         let settlements = self.rows(&page.finish(query, "market_ticker"), settlement_from_row).await?;
         let (settlements, next_page_token) = page.split(settlements, |s| s.market_ticker.as_bytes());
@@ -267,7 +273,7 @@ impl ReferenceService for ReferenceApi {
 /// A query with `$n` parameters added as filters are.
 struct Query {
     sql: String,
-    params: Vec<Box<dyn ToSql + Sync + Send>>,
+    params: Vec<(Box<dyn ToSql + Sync + Send>, Type)>,
     conditions: usize,
 }
 
@@ -276,9 +282,9 @@ impl Query {
         Self { sql: select, params: Vec::new(), conditions: 0 }
     }
 
-    /// Adds `condition` with its `{}` replaced by the next parameter, bound to `value`.
-    fn filter(&mut self, condition: &str, value: impl ToSql + Sync + Send + 'static) {
-        self.params.push(Box::new(value));
+    /// Adds `condition` with its `{}` replaced by the next parameter, bound to `value` of SQL type `ty`.
+    fn filter(&mut self, condition: &str, value: impl ToSql + Sync + Send + 'static, ty: Type) {
+        self.params.push((Box::new(value), ty));
         let placeholder = format!("${}", self.params.len());
         self.sql.push_str(if self.conditions == 0 { " WHERE " } else { " AND " });
         self.sql.push_str(&condition.replace("{}", &placeholder));
@@ -331,7 +337,7 @@ impl Page {
     /// another page follows).
     fn finish(&self, mut query: Query, key: &str) -> Query {
         if let Some(after) = &self.after {
-            query.filter(&format!("{key} > {{}}"), after.clone());
+            query.filter(&format!("{key} > {{}}"), after.clone(), Type::TEXT);
         }
         query.sql.push_str(&format!(" ORDER BY {key} LIMIT {}", self.size + 1));
         query
