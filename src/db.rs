@@ -122,7 +122,7 @@ pub async fn connect(config: &Config, timeout: Duration) -> Result<Client, Error
 
 /// The error and its causes in one line: tokio-postgres shows "error connecting to server" and keeps the reason a
 /// user can act on ("Connection refused") in the source.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {

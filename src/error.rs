@@ -34,8 +34,9 @@ pub enum Error {
     /// No database connection could be had in time.
     #[error("database pool: {0}")]
     Pool(String),
-    /// The database reported an error or the connection broke.
-    #[error("database: {0}")]
+    /// The database reported an error or the connection broke. Shown with the server's message for logs and the
+    /// command line (tokio-postgres alone shows just "db error"); clients never see it.
+    #[error("database: {}", database_detail(.0))]
     Database(#[from] tokio_postgres::Error),
     /// The private PostgreSQL cluster could not be started or stopped.
     #[error("private postgresql: {0}")]
@@ -72,6 +73,14 @@ pub enum Error {
         /// The OS error.
         source: std::io::Error,
     },
+}
+
+/// The SQLSTATE and message of a database error, or the driver's error with its causes.
+fn database_detail(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => crate::db::error_chain(e),
+    }
 }
 
 impl Error {
