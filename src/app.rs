@@ -12,8 +12,7 @@ use crate::{
     config::{DatasetArgs, DbArgs, DemoArgs, GenerateArgs, ServeArgs},
     db::Database,
     error::Error,
-    generate::{self, DatasetSpec},
-    migrate, partitions,
+    generate, migrate, partitions,
     server::{self, ServerOptions},
 };
 
@@ -112,14 +111,7 @@ pub(crate) async fn count_markets(client: &Client) -> Result<i64, Error> {
 
 /// Generates the dataset and reports what it loaded and how fast.
 async fn load(client: &mut Client, dataset: &DatasetArgs) -> Result<(), Error> {
-    let spec = DatasetSpec {
-        seed: dataset.seed,
-        markets: dataset.markets,
-        days: dataset.days,
-        trades: dataset.trades,
-        start: dataset.start,
-    };
-    let report = generate::generate(client, &spec).await?;
+    let report = generate::generate(client, &dataset.spec()).await?;
     let end = dataset.start.checked_add_days(Days::new(u64::from(dataset.days))).unwrap_or(dataset.start);
     println!(
         "loaded {} rows in {:.1} s ({:.0} rows/s): {} series, {} events, {} markets, {} settlements, {} trades, \

@@ -27,10 +27,9 @@ use tonic::{
 use crate::{
     app,
     config::{BenchArgs, BenchReferenceArgs, BenchTarget},
-    db::Database,
+    db::{self, Database},
     error::Error,
-    generate::{self, DatasetSpec},
-    migrate,
+    generate, migrate,
     proto::{
         GetCoverageRequest, GetEventRequest, GetMarketRequest, GetSeriesRequest, GetSettlementRequest,
         ListEventsRequest, ListMarketsRequest, ListSeriesRequest, ListSettlementsRequest, ListSettlementsResponse,
@@ -117,9 +116,7 @@ async fn in_process(args: BenchReferenceArgs, interrupted: impl Future<Output = 
 /// --json output parses even on the run that loads the data.
 async fn load_demo(client: &mut tokio_postgres::Client, args: &BenchReferenceArgs) -> Result<(), Error> {
     tracing::info!("loading the demo dataset (first run only)");
-    let d = &args.dataset;
-    let spec = DatasetSpec { seed: d.seed, markets: d.markets, days: d.days, trades: d.trades, start: d.start };
-    let loaded = generate::generate(client, &spec).await?;
+    let loaded = generate::generate(client, &args.dataset.spec()).await?;
     tracing::info!(
         rows = loaded.total_rows(),
         markets = loaded.markets,
@@ -152,7 +149,8 @@ async fn measure(uri: &str, args: &BenchReferenceArgs, in_process: bool) -> Resu
     let mut channels = Vec::with_capacity(connections as usize);
     for _ in 0..connections {
         // one connect() per channel: each is its own TCP connection
-        let channel = endpoint.connect().await.map_err(|e| Error::Bench(format!("connect to {uri}: {}", chain(&e))))?;
+        let channel =
+            endpoint.connect().await.map_err(|e| Error::Bench(format!("connect to {uri}: {}", db::error_chain(&e))))?;
         channels.push(channel);
     }
     let mut client = Client::new(channels[0].clone());
@@ -582,17 +580,6 @@ impl Tally {
 
 fn describe(status: &Status) -> String {
     format!("{:?}: {}", status.code(), status.message())
-}
-
-/// An error and its causes in one line (tonic's transport error keeps the useful part in its sources).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let _ = write!(text, ": {cause}");
-        source = cause.source();
-    }
-    text
 }
 
 /// The outcome of a run, ready to print.

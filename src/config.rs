@@ -5,6 +5,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use chrono::NaiveDate;
 use clap::{Args, Parser, Subcommand};
 
+use crate::generate::DatasetSpec;
+
 /// Stores Kalshi market history in PostgreSQL and replays it deterministically over gRPC.
 #[derive(Debug, Parser)]
 #[command(name = "kalshi-replay", version, about)]
@@ -83,6 +85,13 @@ pub struct DatasetArgs {
     /// First UTC day of the dataset (YYYY-MM-DD).
     #[arg(long, env = "KALSHI_REPLAY_START", default_value = "2026-01-05")]
     pub start: NaiveDate,
+}
+
+impl DatasetArgs {
+    /// The generator's spec of this shape.
+    pub fn spec(&self) -> DatasetSpec {
+        DatasetSpec { seed: self.seed, markets: self.markets, days: self.days, trades: self.trades, start: self.start }
+    }
 }
 
 /// `generate` options.
