@@ -9,11 +9,12 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
 use tokio_postgres::{
-    GenericClient, Row,
+    Row,
     types::{ToSql, Type},
 };
 
 use crate::{
+    db::Prepare,
     error::Error,
     proto::{CoverageGap, DayCoverage, GetCoverageRequest, MarketCoverage},
     time,
@@ -24,16 +25,20 @@ pub const MAX_TICKERS: usize = 10_000;
 
 /// The requested markets' days in [$2, $3) (a NULL bound is open). Rows come unsorted: a sort in the database
 /// would cost more than sorting each market's few days in Rust.
+///
+/// The tickers are joined as `unnest($1)` rather than tested with `ticker = ANY($1)`: for ANY, PostgreSQL plans
+/// every call anew and estimates each array element against the column statistics (decompressing them), which
+/// measured 0.8 ms of planning for 100 tickers; the join takes a generic plan, planned once per connection.
 const SELECT_DAYS: &str = "
-SELECT ticker, day, trade_count, delta_count, snapshot_count, first_trade_ts, last_trade_ts
-  FROM coverage_daily
- WHERE ticker = ANY($1)
-   AND ($2::date IS NULL OR day >= $2)
+SELECT c.ticker, day, trade_count, delta_count, snapshot_count, first_trade_ts, last_trade_ts
+  FROM unnest($1::text[]) AS t(ticker)
+  JOIN coverage_daily c ON c.ticker = t.ticker
+ WHERE ($2::date IS NULL OR day >= $2)
    AND ($3::date IS NULL OR day < $3)";
 
 /// The requested tickers that are markets. (An anti-join returning the unknown ones returns fewer rows, but it
 /// measured slower.)
-const SELECT_KNOWN: &str = "SELECT ticker FROM markets WHERE ticker = ANY($1)";
+const SELECT_KNOWN: &str = "SELECT m.ticker FROM unnest($1::text[]) AS t(ticker) JOIN markets m ON m.ticker = t.ticker";
 
 /// The validated request: its tickers, start and end.
 pub type CoverageQuery = (Vec<String>, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
@@ -69,7 +74,7 @@ pub fn validate(request: &GetCoverageRequest) -> Result<CoverageQuery, Error> {
 /// [start, end) touches: one entry per ticker, in the same order. Tickers that are not markets are NOT_FOUND, all
 /// of them named, rather than answered with an empty coverage that looks like a market without data.
 pub async fn coverage(
-    client: &impl GenericClient,
+    conn: &impl Prepare,
     tickers: &[String],
     start: Option<DateTime<Utc>>,
     end: Option<DateTime<Utc>>,
@@ -77,13 +82,15 @@ pub async fn coverage(
     let range = DayRange::widen(start, end);
     // Two statements, sent together on the connection: one round trip, and each plans as a single-table query,
     // which measured cheaper than one statement joining both.
-    let days_params: [(&(dyn ToSql + Sync), Type); 3] =
-        [(&tickers, Type::TEXT_ARRAY), (&range.start, Type::DATE), (&range.end, Type::DATE)];
-    let known_params: [(&(dyn ToSql + Sync), Type); 1] = [(&tickers, Type::TEXT_ARRAY)];
-    let (day_rows, known) = tokio::try_join!(
-        client.query_typed(SELECT_DAYS, &days_params),
-        client.query_typed(SELECT_KNOWN, &known_params),
+    let (days_statement, known_statement) = tokio::try_join!(
+        conn.prepared(SELECT_DAYS, &[Type::TEXT_ARRAY, Type::DATE, Type::DATE]),
+        conn.prepared(SELECT_KNOWN, &[Type::TEXT_ARRAY]),
     )?;
+    let client = conn.client();
+    let days_params: [&(dyn ToSql + Sync); 3] = [&tickers, &range.start, &range.end];
+    let known_params: [&(dyn ToSql + Sync); 1] = [&tickers];
+    let (day_rows, known) =
+        tokio::try_join!(client.query(&days_statement, &days_params), client.query(&known_statement, &known_params),)?;
     if known.len() < tickers.len() {
         let known = known.iter().map(|row| row.try_get(0)).collect::<Result<HashSet<&str>, _>>()?;
         let mut names: Vec<String> = tickers.iter().filter(|t| !known.contains(t.as_str())).cloned().collect();

@@ -6,7 +6,11 @@ use std::time::Duration;
 use chrono::{DateTime, Days, Utc};
 use tokio_postgres::GenericClient;
 
-use crate::{db::Pool, error::Error, time};
+use crate::{
+    db::{Pool, Prepare},
+    error::Error,
+    time,
+};
 
 /// Creates the daily partitions of every fact table for the UTC days that intersect [from, to), and returns how
 /// many it created. Idempotent and safe to call concurrently (see migrations/0001_schema.sql).
@@ -33,7 +37,7 @@ pub async fn maintain(pool: Pool, days_ahead: u32) {
         tick.tick().await;
         let result = async {
             let conn = pool.get().await?;
-            ensure_ahead(&*conn, Utc::now(), days_ahead).await
+            ensure_ahead(conn.client(), Utc::now(), days_ahead).await
         }
         .await;
         match result {

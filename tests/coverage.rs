@@ -167,7 +167,7 @@ async fn coverage_daily(client: &impl GenericClient) -> Vec<DayRow> {
 }
 
 async fn coverage_of(
-    client: &impl GenericClient,
+    client: &Client,
     tickers: &[&str],
     start: Option<&str>,
     end: Option<&str>,

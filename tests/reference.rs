@@ -10,9 +10,9 @@ use common::TestApp;
 use kalshi_replay::{
     generate::{DatasetSpec, generate},
     proto::{
-        GetEventRequest, GetMarketRequest, GetSeriesRequest, GetSettlementRequest, ListEventsRequest,
-        ListMarketsRequest, ListSeriesRequest, ListSettlementsRequest, MarketStatus, SettlementResult,
-        reference_service_client::ReferenceServiceClient,
+        Event, GetEventRequest, GetMarketRequest, GetSeriesRequest, GetSettlementRequest, ListEventsRequest,
+        ListMarketsRequest, ListSeriesRequest, ListSettlementsRequest, Market, MarketStatus, MarketType, Series,
+        Settlement, SettlementResult, reference_service_client::ReferenceServiceClient,
     },
 };
 use prost_types::Timestamp;
@@ -107,6 +107,100 @@ async fn gets_return_the_row_or_not_found_naming_the_ticker() {
         assert!(status.message().contains("NOPE") || status.message().contains("KXCPI-26JAN-T0.3"), "{status:?}");
     }
     assert_invalid(client.get_market(GetMarketRequest { ticker: String::new() }).await.expect_err("empty"), "ticker");
+}
+
+/// One row per table with a distinct value in every column, so that a column read into the wrong field shows.
+const EVERY_COLUMN: &str = "
+INSERT INTO series VALUES ('S', 's-title', 's-category', '{s-tag}', 's-frequency', 's-url', 's-fee', '2026-01-01T00:00:01Z');
+INSERT INTO events VALUES ('S-E', 'S', 'e-title', 'e-sub', 'e-category', true, '2026-01-02T00:00:02Z', 'e-period',
+                           '2026-01-01T00:00:03Z');
+INSERT INTO markets (ticker, event_ticker, series_ticker, market_type, title, yes_sub_title, no_sub_title, status,
+                     open_time, close_time, expected_expiration_time, latest_expiration_time,
+                     settlement_timer_seconds, can_close_early, strike_type, floor_strike, cap_strike,
+                     rules_primary, rules_secondary, updated_at)
+  VALUES ('S-E-M', 'S-E', 'S', 2, 'm-title', 'm-yes', 'm-no', 6, '2026-01-01T00:00:04Z', '2026-01-01T00:00:05Z',
+          '2026-01-01T00:00:06Z', '2026-01-01T00:00:07Z', 300, true, 'between', 1.5, 2.25, 'm-rules1', 'm-rules2',
+          '2026-01-01T00:00:08Z');
+INSERT INTO settlements (market_ticker, event_ticker, series_ticker, result, settlement_value_micros,
+                         determined_time, settled_time, updated_at)
+  VALUES ('S-E-M', 'S-E', 'S', 3, 250000, '2026-01-01T00:00:09Z', '2026-01-01T00:00:10Z', '2026-01-01T00:00:11Z');
+";
+
+#[tokio::test]
+async fn every_column_lands_in_its_field() {
+    let app = TestApp::start().await;
+    app.db.client().await.batch_execute(EVERY_COLUMN).await.expect("rows");
+    let mut client = ReferenceServiceClient::new(app.channel().await);
+    let second = |s: i64| Some(Timestamp { seconds: at("2026-01-01T00:00:00Z").expect("t").seconds + s, nanos: 0 });
+
+    let series = client.get_series(GetSeriesRequest { ticker: "S".into() }).await.expect("series");
+    let expected = Series {
+        ticker: "S".into(),
+        title: "s-title".into(),
+        category: "s-category".into(),
+        tags: vec!["s-tag".into()],
+        frequency: "s-frequency".into(),
+        contract_url: "s-url".into(),
+        fee_type: "s-fee".into(),
+        updated_time: second(1),
+    };
+    assert_eq!(series.into_inner().series, Some(expected));
+
+    let event = client.get_event(GetEventRequest { event_ticker: "S-E".into(), include_markets: true });
+    let event = event.await.expect("event").into_inner();
+    let expected = Event {
+        event_ticker: "S-E".into(),
+        series_ticker: "S".into(),
+        title: "e-title".into(),
+        sub_title: "e-sub".into(),
+        category: "e-category".into(),
+        mutually_exclusive: true,
+        strike_date: at("2026-01-02T00:00:02Z"),
+        strike_period: "e-period".into(),
+        updated_time: second(3),
+    };
+    assert_eq!(event.event, Some(expected));
+
+    let expected = Market {
+        ticker: "S-E-M".into(),
+        event_ticker: "S-E".into(),
+        series_ticker: "S".into(),
+        market_type: MarketType::Scalar as i32,
+        title: "m-title".into(),
+        yes_sub_title: "m-yes".into(),
+        no_sub_title: "m-no".into(),
+        status: MarketStatus::Disputed as i32,
+        open_time: second(4),
+        close_time: second(5),
+        expected_expiration_time: second(6),
+        latest_expiration_time: second(7),
+        settlement_timer_seconds: 300,
+        can_close_early: true,
+        strike_type: "between".into(),
+        floor_strike: "1.5".into(),
+        cap_strike: "2.25".into(),
+        rules_primary: "m-rules1".into(),
+        rules_secondary: "m-rules2".into(),
+        updated_time: second(8),
+    };
+    assert_eq!(event.markets, std::slice::from_ref(&expected), "the markets of GetEvent");
+    let market = client.get_market(GetMarketRequest { ticker: "S-E-M".into() }).await.expect("market");
+    assert_eq!(market.into_inner().market, Some(expected.clone()));
+    let listed = client.list_markets(ListMarketsRequest::default()).await.expect("list").into_inner().markets;
+    assert_eq!(listed, [expected]);
+
+    let settlement = client.get_settlement(GetSettlementRequest { market_ticker: "S-E-M".into() });
+    let expected = Settlement {
+        market_ticker: "S-E-M".into(),
+        event_ticker: "S-E".into(),
+        series_ticker: "S".into(),
+        result: SettlementResult::Scalar as i32,
+        settlement_value_micros: 250_000,
+        determined_time: second(9),
+        settled_time: second(10),
+        updated_time: second(11),
+    };
+    assert_eq!(settlement.await.expect("settlement").into_inner().settlement, Some(expected));
 }
 
 async fn series_tickers(client: &mut Client, request: ListSeriesRequest) -> Vec<String> {
