@@ -63,6 +63,7 @@ const COVERAGE_GOAL: Duration = Duration::from_millis(20);
 pub async fn run(args: BenchArgs) -> Result<(), Error> {
     match args.target {
         BenchTarget::Reference(args) => reference(args).await,
+        BenchTarget::Replay(args) => crate::bench_replay::run(args).await,
     }
 }
 

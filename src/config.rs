@@ -129,6 +129,34 @@ pub struct BenchArgs {
 pub enum BenchTarget {
     /// ReferenceService: every lookup in turn, with random real keys.
     Reference(BenchReferenceArgs),
+    /// StreamTrades against psql's COPY of the same rows: whole range in both layouts, one hot market, peak RSS.
+    Replay(BenchReplayArgs),
+}
+
+/// `bench replay` options.
+#[derive(Debug, Clone, Args)]
+#[command(
+    mut_arg("markets", |a| a.default_value("2000")),
+    mut_arg("days", |a| a.default_value("30")),
+    mut_arg("trades", |a| a.default_value("5000000")),
+    mut_arg("data_dir", |a| a.default_value(".kalshi-replay-bench"))
+)]
+pub struct BenchReplayArgs {
+    /// Runs of each measurement; the report gives medians.
+    #[arg(long, env = "KALSHI_REPLAY_BENCH_RUNS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub runs: u32,
+    /// Trades per message.
+    #[arg(long, env = "KALSHI_REPLAY_BENCH_BATCH", default_value_t = 4096)]
+    pub batch_size: i32,
+    /// Print one JSON object instead of a table.
+    #[arg(long, env = "KALSHI_REPLAY_BENCH_JSON")]
+    pub json: bool,
+    /// Database options. The dataset is generated there on the first run (a few minutes) and reused after.
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Shape of the dataset.
+    #[command(flatten)]
+    pub dataset: DatasetArgs,
 }
 
 /// `bench reference` options.

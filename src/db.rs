@@ -4,7 +4,10 @@
 use std::{
     collections::HashMap,
     ops::Deref,
-    sync::{Mutex, PoisonError},
+    sync::{
+        Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -24,8 +27,9 @@ const STATEMENT_CACHE: usize = 256;
 const PRIVATE_DB: &str = "kalshi_replay";
 
 /// Session settings of every connection: UTC, so that day boundaries and rendered timestamps never follow a
-/// server's local zone; and no NOTICEs (such as "already exists, skipping" of idempotent DDL) in the logs.
-const SESSION_OPTIONS: &str = "-c TimeZone=UTC -c client_min_messages=warning";
+/// server's local zone; backslashes in string literals are plain characters (the replays' COPY statements
+/// inline their values, see `replay::literal`); and no NOTICEs (such as "already exists, skipping" of idempotent DDL) in the logs.
+const SESSION_OPTIONS: &str = "-c TimeZone=UTC -c client_min_messages=warning -c standard_conforming_strings=on";
 
 /// The database a command works on: an external server, or a private cluster this process owns.
 #[derive(Debug)]
@@ -60,6 +64,11 @@ impl Database {
     /// An external database at `config` (the tests use this for their per-test databases).
     pub fn external(config: Config) -> Self {
         Self { config: with_session_options(config), private: None }
+    }
+
+    /// A URL of the database for another process (e.g. `psql`): DATABASE_URL, or the private cluster's.
+    pub fn url(&self, database_url: Option<&str>) -> Option<String> {
+        database_url.map(str::to_owned).or_else(|| self.private.as_ref().map(|p| p.url(PRIVATE_DB)))
     }
 
     /// The connection settings.
@@ -107,7 +116,7 @@ impl bb8::ManageConnection for Manager {
     type Error = tokio_postgres::Error;
 
     async fn connect(&self) -> Result<Conn, Self::Error> {
-        Ok(Conn { client: self.0.connect().await?, statements: Mutex::default() })
+        Ok(Conn { client: self.0.connect().await?, statements: Mutex::default(), broken: AtomicBool::new(false) })
     }
 
     async fn is_valid(&self, conn: &mut Conn) -> Result<(), Self::Error> {
@@ -115,7 +124,7 @@ impl bb8::ManageConnection for Manager {
     }
 
     fn has_broken(&self, conn: &mut Conn) -> bool {
-        self.0.has_broken(&mut conn.client)
+        conn.broken.load(Ordering::Relaxed) || self.0.has_broken(&mut conn.client)
     }
 }
 
@@ -128,6 +137,16 @@ pub struct Conn {
     client: Client,
     /// By SQL text; one text is always prepared with the same parameter types.
     statements: Mutex<HashMap<String, Statement>>,
+    /// Set when the session is in a state the next user must not inherit (e.g. a transaction that could not be
+    /// rolled back): the pool then discards the connection instead of taking it back.
+    broken: AtomicBool,
+}
+
+impl Conn {
+    /// Makes the pool discard this connection when it is returned.
+    pub fn discard(&self) {
+        self.broken.store(true, Ordering::Relaxed);
+    }
 }
 
 /// A connection that runs prepared statements: a pooled [`Conn`] keeps them, a plain [`Client`] (a test's, a

@@ -28,6 +28,12 @@ pub enum Error {
         /// The missing names.
         names: Vec<String>,
     },
+    /// The client's deadline (grpc-timeout) passed while its stream was still running.
+    #[error("deadline exceeded; resume with the last resume_token received")]
+    DeadlineExceeded,
+    /// The database sent data this server cannot read (a bug, or a schema this binary does not know).
+    #[error("malformed data from the database: {0}")]
+    Malformed(String),
     /// A limit was hit (too many tickers, too many concurrent streams).
     #[error("{0}")]
     ResourceExhausted(String),
@@ -138,6 +144,7 @@ impl From<Error> for Status {
             Error::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
             Error::NotFound { .. } => Status::not_found(e.to_string()),
             Error::ResourceExhausted(_) => Status::resource_exhausted(e.to_string()),
+            Error::DeadlineExceeded => Status::deadline_exceeded(e.to_string()),
             Error::Pool(ref reason) => {
                 tracing::warn!(%reason, "no database connection");
                 Status::unavailable("database unavailable, retry later")
@@ -159,7 +166,8 @@ impl From<Error> for Status {
                 tracing::error!(error = %e, "database connect");
                 Status::unavailable("database unavailable, retry later")
             }
-            Error::PrivatePostgres(_)
+            Error::Malformed(_)
+            | Error::PrivatePostgres(_)
             | Error::Migration { .. }
             | Error::Serve(_)
             | Error::Bench(_)
@@ -196,6 +204,8 @@ mod tests {
             (Error::Serve("secret transport".into()), Code::Internal, None),
             (Error::Bench("secret server detail".into()), Code::Internal, None),
             (Error::PrivatePostgres(PgError::NoBinaries), Code::Internal, None),
+            (Error::Malformed("secret bytes".into()), Code::Internal, None),
+            (Error::DeadlineExceeded, Code::DeadlineExceeded, Some("resume_token")),
         ];
         for (error, code, must_contain) in cases {
             let shown = error.to_string();

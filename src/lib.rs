@@ -7,7 +7,12 @@
 //! - [`app`] — what each subcommand does (`serve`, `migrate`, `generate`, `demo`).
 //! - [`server`] — the tonic server: services, health per service, reflection v1/v1alpha, background tasks.
 //! - [`reference`] — ReferenceService: hierarchy lookups, settlements, coverage; keyset paging.
-//! - [`service`] — ReplayService and IngestService (their RPCs answer UNIMPLEMENTED until they land).
+//! - [`replay`] — ReplayService and the replay contract of every stream: snapshot and watermark, market
+//!   selection, resume tokens, bounded channel, cancellation and deadlines.
+//! - [`trades`] — StreamTrades: the ordered COPY of the trades, row and column layouts, canonical encoding.
+//! - [`copy`] — reader of PostgreSQL's binary COPY format.
+//! - [`hash`] — the streams' content hash: SHA-256 whose running state fits in a resume token.
+//! - [`service`] — IngestService (its RPCs answer UNIMPLEMENTED until they land).
 //! - [`proto`] — generated code of `kalshi.replay.v1` and the descriptor set for reflection.
 //! - [`time`] — Timestamp <-> chrono conversions.
 //! - [`token`] — opaque page/resume tokens: versioned, checksummed, bound to the request's filters.
@@ -19,22 +24,28 @@
 //! - [`partitions`] — daily partitions of the fact tables, on demand and ahead of time.
 //! - [`generate`] — the deterministic synthetic dataset and its COPY loader.
 //! - [`bench`] — `bench reference`: a gRPC load generator reporting throughput and latency percentiles per RPC.
+//! - [`bench_replay`] — `bench replay`: StreamTrades against psql's COPY of the same rows, and the server's RSS.
 //! - [`telemetry`] — logging.
 
 pub mod app;
 pub mod bench;
+pub mod bench_replay;
 pub mod config;
+pub mod copy;
 pub mod coverage;
 pub mod db;
 pub mod error;
 pub mod generate;
+pub mod hash;
 pub mod migrate;
 pub mod partitions;
 pub mod pg;
 pub mod proto;
 pub mod reference;
+pub mod replay;
 pub mod server;
 pub mod service;
 pub mod telemetry;
 pub mod time;
 pub mod token;
+pub mod trades;

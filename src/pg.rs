@@ -347,6 +347,11 @@ fn check_reachable(dir: &Path, user: &User) -> Result<(), PgError> {
     Ok(())
 }
 
+/// The `psql` beside the server binaries this process would run (see [`PrivatePostgres::start`]).
+pub fn psql() -> Result<PathBuf, PgError> {
+    Ok(find_binaries(env::var_os(BIN_ENV).as_deref(), env::var_os("PATH").as_deref())?.join("psql"))
+}
+
 /// The override alone when given, else PATH, `pg_config --bindir`, the newest /usr/lib/postgresql/*/bin.
 fn find_binaries(override_dir: Option<&OsStr>, path: Option<&OsStr>) -> Result<PathBuf, PgError> {
     let holds_server = |dir: &Path| dir.join("initdb").is_file() && dir.join("postgres").is_file();

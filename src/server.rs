@@ -17,7 +17,8 @@ use crate::{
         reference_service_server::ReferenceServiceServer, replay_service_server::ReplayServiceServer,
     },
     reference::ReferenceApi,
-    service::{IngestApi, ReplayApi},
+    replay::ReplayApi,
+    service::IngestApi,
 };
 
 /// Server settings that are not the listener or the pool.

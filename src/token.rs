@@ -25,6 +25,8 @@ pub enum Kind {
     Markets = 3,
     /// ListSettlements pages.
     Settlements = 4,
+    /// StreamTrades resumptions.
+    Trades = 5,
 }
 
 /// The binding of a request: a hash of its canonical filter encoding (for protobuf requests, the encoded request

@@ -1,0 +1,310 @@
+//! StreamTrades: every trade of the selected markets in a range, in the order (ts, ticker, trade_id).
+//!
+//! The trades are read with one `COPY (SELECT ... ORDER BY ts, ticker, trade_id) TO STDOUT (FORMAT binary)`:
+//! PostgreSQL walks the day partitions of the range in order through the primary key (or, for one market, the
+//! (ticker, ts, trade_id) index) and never sorts. Binary COPY costs the database the least per row and hands
+//! each row over as one buffer, which [`copy::Reader`](crate::copy::Reader) splits without a per-row allocation.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tonic::Status;
+
+use crate::{
+    copy,
+    error::Error,
+    hash::ContentHash,
+    proto::{Layout, StreamTradesResponse, Trade, TradeBatch, TradeColumns, stream_trades_response::Payload},
+    replay::{self, Common, Position, Resume, Snapshot, Stop},
+    token::Kind,
+};
+
+/// Micro-dollars of a contract's payout; the NO price is this minus the YES price.
+const ONE_DOLLAR: i64 = 1_000_000;
+
+/// A validated StreamTrades request.
+#[derive(Debug)]
+pub(crate) struct Stream {
+    pub common: Common,
+    pub resume: Resume,
+    pub layout: Layout,
+    pub batch: usize,
+}
+
+/// One trade as COPY delivers it; the strings borrow the row's buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TradeRow<'a> {
+    pub micros: i64,
+    pub ticker: &'a str,
+    pub trade_id: &'a str,
+    pub yes_price_micros: i64,
+    pub count_centi: i64,
+    pub taker_side: i32,
+    pub ingest_seq: i64,
+}
+
+impl replay::Body<StreamTradesResponse> for Stream {
+    /// Reads the trades of `snapshot` and sends batches and the summary into `tx`.
+    async fn run(
+        self,
+        snapshot: &Snapshot,
+        tx: &mpsc::Sender<Result<StreamTradesResponse, Status>>,
+    ) -> Result<(), Stop> {
+        let mut position = match &self.resume.position {
+            Some(p) => p.clone(),
+            None => Position { watermark: snapshot.watermark, count: 0, hash: ContentHash::default(), key: Vec::new() },
+        };
+        let after = match &self.resume.position {
+            Some(p) => Some(decode_key(&p.key).ok_or_else(|| {
+                Error::invalid("resume_token", "damaged token; pass back a token exactly as received")
+            })?),
+            None => None,
+        };
+        let select = select_sql(
+            self.common.start,
+            self.common.end,
+            snapshot.markets.as_deref(),
+            snapshot.pinned.then_some(snapshot.watermark),
+            after.as_ref().map(|(micros, ticker, trade_id)| (*micros, ticker.as_str(), trade_id.as_str())),
+        );
+        let sql = format!("COPY ({select}) TO STDOUT (FORMAT binary)");
+        let rows = snapshot.conn.copy_out(sql.as_str()).await?;
+        let mut rows = std::pin::pin!(rows);
+        let mut reader = copy::Reader::default();
+        let mut batch = Batch::new(self.layout, self.batch);
+        let mut encoded = Vec::with_capacity(128);
+        while let Some(chunk) = rows.next().await {
+            reader.push(&chunk?);
+            while let Some(tuple) = reader.next_tuple::<7>()? {
+                let trade = parse(&reader, &tuple)?;
+                encoded.clear();
+                encode_canonical(&trade, &mut encoded);
+                position.hash.item(&encoded);
+                position.count += 1;
+                batch.push(&trade);
+                encode_key(&trade, &mut position.key);
+                reader.consume(&tuple);
+                if batch.len == self.batch {
+                    let message = batch.take(&position, self.resume.binding);
+                    replay::send(tx, message).await?;
+                }
+            }
+        }
+        reader.finish()?;
+        if batch.len > 0 {
+            let message = batch.take(&position, self.resume.binding);
+            replay::send(tx, message).await?;
+        }
+        let summary = replay::summary(position.count, &position.hash, snapshot.watermark);
+        let message = StreamTradesResponse { payload: Some(Payload::Summary(summary)), resume_token: String::new() };
+        replay::send(tx, message).await
+    }
+}
+
+/// The SELECT of a trade stream: the trades of `markets` (None: every market) in [start, end), at or below
+/// `watermark` when set, after the key `after` when set, in the contract's order. COPY takes no parameters, so
+/// the values are inlined as literals.
+pub fn select_sql(
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    markets: Option<&[String]>,
+    watermark: Option<i64>,
+    after: Option<(i64, &str, &str)>,
+) -> String {
+    let mut sql = format!(
+        "SELECT ts, ticker, trade_id, yes_price_micros, count_centi, taker_side, ingest_seq FROM trades \
+         WHERE ts >= {} AND ts < {}",
+        replay::timestamp_literal(start),
+        replay::timestamp_literal(end),
+    );
+    match markets {
+        None => {}
+        Some([one]) => sql.push_str(&format!(" AND ticker = {}", replay::literal(one))),
+        Some(markets) => {
+            let list: Vec<String> = markets.iter().map(|m| replay::literal(m)).collect();
+            sql.push_str(&format!(" AND ticker IN ({})", list.join(", ")));
+        }
+    }
+    if let Some(watermark) = watermark {
+        sql.push_str(&format!(" AND ingest_seq <= {watermark}"));
+    }
+    if let Some((micros, ticker, trade_id)) = after {
+        let ts = DateTime::from_timestamp_micros(micros).unwrap_or_default();
+        sql.push_str(&format!(
+            " AND (ts, ticker, trade_id) > ({}, {}, {})",
+            replay::timestamp_literal(ts),
+            replay::literal(ticker),
+            replay::literal(trade_id)
+        ));
+    }
+    sql.push_str(" ORDER BY ts, ticker, trade_id");
+    sql
+}
+
+/// The trade of one COPY tuple (columns as in [`Stream::sql`]).
+fn parse<'a>(reader: &'a copy::Reader, tuple: &copy::Tuple<7>) -> Result<TradeRow<'a>, Error> {
+    Ok(TradeRow {
+        micros: copy::timestamp_micros(reader.field(tuple, 0)?)?,
+        ticker: copy::text(reader.field(tuple, 1)?)?,
+        trade_id: copy::text(reader.field(tuple, 2)?)?,
+        yes_price_micros: copy::int8(reader.field(tuple, 3)?)?,
+        count_centi: copy::int8(reader.field(tuple, 4)?)?,
+        taker_side: i32::from(copy::int2(reader.field(tuple, 5)?)?),
+        ingest_seq: copy::int8(reader.field(tuple, 6)?)?,
+    })
+}
+
+/// The position key of a trade: `micros (i64) | ticker length (u16) | ticker | trade_id`.
+fn encode_key(trade: &TradeRow<'_>, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(&trade.micros.to_be_bytes());
+    out.extend_from_slice(&(trade.ticker.len() as u16).to_be_bytes());
+    out.extend_from_slice(trade.ticker.as_bytes());
+    out.extend_from_slice(trade.trade_id.as_bytes());
+}
+
+fn decode_key(key: &[u8]) -> Option<(i64, String, String)> {
+    let (micros, rest) = key.split_first_chunk::<8>()?;
+    let (len, rest) = rest.split_first_chunk::<2>()?;
+    let (ticker, trade_id) = rest.split_at_checked(usize::from(u16::from_be_bytes(*len)))?;
+    let text = |b: &[u8]| String::from_utf8(b.to_vec()).ok().filter(|s| !s.contains('\0'));
+    Some((i64::from_be_bytes(*micros), text(ticker)?, text(trade_id)?))
+}
+
+/// The wire Trade of a row.
+pub fn to_proto(trade: &TradeRow<'_>) -> Trade {
+    Trade {
+        trade_id: trade.trade_id.to_owned(),
+        market_ticker: trade.ticker.to_owned(),
+        time: Some(timestamp(trade.micros)),
+        yes_price_micros: trade.yes_price_micros,
+        no_price_micros: ONE_DOLLAR - trade.yes_price_micros,
+        count_centi: trade.count_centi,
+        taker_side: trade.taker_side,
+        ingest_seq: trade.ingest_seq,
+    }
+}
+
+fn timestamp(micros: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: micros.div_euclid(1_000_000),
+        nanos: (micros.rem_euclid(1_000_000) * 1000) as i32,
+    }
+}
+
+/// Appends the canonical encoding of a trade, the bytes the content hash covers: exactly what prost encodes for
+/// [`to_proto`] of it (fields in number order, zero values left out), written without building the message.
+pub fn encode_canonical(trade: &TradeRow<'_>, out: &mut Vec<u8>) {
+    fn varint(out: &mut Vec<u8>, mut value: u64) {
+        while value >= 0x80 {
+            out.push((value as u8) | 0x80);
+            value >>= 7;
+        }
+        out.push(value as u8);
+    }
+    fn int(out: &mut Vec<u8>, tag: u8, value: i64) {
+        if value != 0 {
+            out.push(tag);
+            varint(out, value as u64);
+        }
+    }
+    fn string(out: &mut Vec<u8>, tag: u8, value: &str) {
+        if !value.is_empty() {
+            out.push(tag);
+            varint(out, value.len() as u64);
+            out.extend_from_slice(value.as_bytes());
+        }
+    }
+    fn int_len(value: i64) -> usize {
+        if value == 0 { 0 } else { 1 + (64 - (value as u64 | 1).leading_zeros() as usize).div_ceil(7) }
+    }
+    string(out, 0x0a, trade.trade_id);
+    string(out, 0x12, trade.ticker);
+    // the Timestamp message is always present (Some), even when both of its fields are zero
+    let time = timestamp(trade.micros);
+    out.push(0x1a);
+    varint(out, (int_len(time.seconds) + int_len(i64::from(time.nanos))) as u64);
+    int(out, 0x08, time.seconds);
+    int(out, 0x10, i64::from(time.nanos));
+    int(out, 0x20, trade.yes_price_micros);
+    int(out, 0x28, ONE_DOLLAR - trade.yes_price_micros);
+    int(out, 0x30, trade.count_centi);
+    int(out, 0x38, i64::from(trade.taker_side));
+    int(out, 0x40, trade.ingest_seq);
+}
+
+/// The data message being filled, in the request's layout.
+struct Batch {
+    layout: Layout,
+    rows: Vec<Trade>,
+    columns: TradeColumns,
+    /// The stream's dictionary of market tickers (columns layout).
+    dictionary: HashMap<String, u32>,
+    len: usize,
+    capacity: usize,
+}
+
+impl Batch {
+    fn new(layout: Layout, capacity: usize) -> Self {
+        Self {
+            layout,
+            rows: Vec::with_capacity(capacity),
+            columns: TradeColumns::default(),
+            dictionary: HashMap::new(),
+            len: 0,
+            capacity,
+        }
+    }
+
+    fn push(&mut self, trade: &TradeRow<'_>) {
+        self.len += 1;
+        if self.layout != Layout::Columns {
+            self.rows.push(to_proto(trade));
+            return;
+        }
+        let c = &mut self.columns;
+        let index = match self.dictionary.get(trade.ticker) {
+            Some(&i) => i,
+            None => {
+                let i = self.dictionary.len() as u32;
+                self.dictionary.insert(trade.ticker.to_owned(), i);
+                c.new_market_tickers.push(trade.ticker.to_owned());
+                i
+            }
+        };
+        c.market_index.push(index);
+        c.time_micros.push(trade.micros);
+        c.yes_price_micros.push(trade.yes_price_micros);
+        c.count_centi.push(trade.count_centi);
+        c.taker_side.push(trade.taker_side);
+        c.trade_id.push(trade.trade_id.to_owned());
+        c.ingest_seq.push(trade.ingest_seq);
+    }
+
+    /// The filled message with the token that resumes after `position`; the batch starts over.
+    fn take(&mut self, position: &Position, binding: [u8; 8]) -> StreamTradesResponse {
+        let resume_token = position.token(Kind::Trades, binding);
+        self.len = 0;
+        let payload = match self.layout {
+            Layout::Columns => {
+                let columns = TradeColumns {
+                    market_index: Vec::with_capacity(self.capacity),
+                    time_micros: Vec::with_capacity(self.capacity),
+                    yes_price_micros: Vec::with_capacity(self.capacity),
+                    count_centi: Vec::with_capacity(self.capacity),
+                    taker_side: Vec::with_capacity(self.capacity),
+                    trade_id: Vec::with_capacity(self.capacity),
+                    ingest_seq: Vec::with_capacity(self.capacity),
+                    new_market_tickers: Vec::new(),
+                };
+                Payload::Columns(std::mem::replace(&mut self.columns, columns))
+            }
+            _ => Payload::Trades(TradeBatch {
+                trades: std::mem::replace(&mut self.rows, Vec::with_capacity(self.capacity)),
+            }),
+        };
+        StreamTradesResponse { payload: Some(payload), resume_token }
+    }
+}
