@@ -7,14 +7,15 @@
 //! fills the channel, the task stops reading, TCP backpressure stops PostgreSQL. When the client goes away or its
 //! deadline passes, the task cancels the query, rolls back and returns the connection within milliseconds.
 
-use std::{pin::pin, time::Duration};
+use std::{pin::pin, sync::Arc, time::Duration};
 
 use bb8::PooledConnection;
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use prost::Message;
 use tokio::{sync::mpsc, time::Instant};
 use tokio_postgres::{NoTls, types::ToSql};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, codegen::BoxStream, metadata::MetadataMap};
 
 use crate::{
@@ -241,13 +242,16 @@ impl Position {
 
 /// A stream's consistent view: an open read-only transaction, its data version and the selected markets.
 pub(crate) struct Snapshot {
-    pub conn: PooledConnection<'static, Manager>,
+    /// Shared with the task that copies rows on it; back to the pool when both are done with it.
+    pub conn: Arc<PooledConnection<'static, Manager>>,
     /// The data version the stream reads at: as_of_watermark, the resume token's, or the latest.
     pub watermark: i64,
     /// Whether rows above the watermark must be filtered out (the snapshot may hold newer ones).
     pub pinned: bool,
     /// The selected markets, sorted; None when the selection covers every market (no filter needed).
     pub markets: Option<Vec<String>>,
+    /// Where helpers come from.
+    pool: Pool,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -282,7 +286,7 @@ impl Snapshot {
     async fn open(pool: &Pool, common: &Common, resume: &Resume) -> Result<Self, Error> {
         let conn = pool.get_owned().await?;
         conn.batch_execute(&format!("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; {PLAN_SETTINGS}")).await?;
-        let opened = Self::read(conn, common, resume).await;
+        let opened = Self::read(conn, common, resume, pool.clone()).await;
         if let Err((conn, _)) = &opened {
             rollback(conn).await;
         }
@@ -294,6 +298,7 @@ impl Snapshot {
         conn: PooledConnection<'static, Manager>,
         common: &Common,
         resume: &Resume,
+        pool: Pool,
     ) -> Result<Self, (PooledConnection<'static, Manager>, Error)> {
         let queried = async {
             let version = conn.prepared("SELECT watermark FROM data_version", &[]);
@@ -350,7 +355,192 @@ impl Snapshot {
             return Err((conn, Error::invalid(field, reason)));
         }
         let markets = (markets.len() < total).then_some(markets);
-        Ok(Self { conn, watermark, pinned, markets })
+        Ok(Self { conn: Arc::new(conn), watermark, pinned, markets, pool })
+    }
+}
+
+impl Snapshot {
+    /// A second connection reading the same snapshot, so that PostgreSQL can read two parts of a range at once
+    /// (as parallel pg_dump does: the snapshot is exported here and imported there). None when the pool has no
+    /// connection to spare right away: the stream then reads on its own connection only.
+    pub(crate) async fn helper(&self) -> Option<Helper> {
+        let conn = match tokio::time::timeout(HELPER_WAIT, self.pool.get_owned()).await {
+            Ok(Ok(conn)) => conn,
+            _ => return None,
+        };
+        let helper = Helper { conn: Some(conn), idle: true };
+        let imported = async {
+            let id: String = self.conn.query_one("SELECT pg_export_snapshot()", &[]).await?.get(0);
+            helper
+                .conn()
+                .batch_execute(&format!(
+                    "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}; {PLAN_SETTINGS}",
+                    literal(&id)
+                ))
+                .await
+        };
+        match imported.await {
+            Ok(()) => Some(helper),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not share the snapshot; reading on one connection");
+                None
+            }
+        }
+    }
+}
+
+/// Where the rows of a segment are copied from.
+enum Source {
+    Main(Arc<PooledConnection<'static, Manager>>),
+    Helper(Box<Helper>),
+}
+
+impl Source {
+    fn conn(&self) -> &Conn {
+        match self {
+            Source::Main(conn) => conn,
+            Source::Helper(helper) => helper.conn(),
+        }
+    }
+}
+
+/// COPY chunks of one segment, handed over a few hundred at a time.
+type Blocks = mpsc::Receiver<Result<Vec<Bytes>, Error>>;
+
+/// Chunks per block, and blocks buffered per segment: what a connection may read ahead of the stream (about a
+/// megabyte of trades).
+const BLOCK_CHUNKS: usize = 512;
+const BLOCKS_AHEAD: usize = 32;
+
+/// The rows of several COPY statements (`segments`), in statement order, read by up to two connections at
+/// once: while the stream consumes segment i, the other connection already reads segment i + 1, up to
+/// [`BLOCKS_AHEAD`] blocks. PostgreSQL then works on two parts of the range in parallel, which is what lets a
+/// stream outrun a single COPY of the same rows.
+pub(crate) struct OrderedCopy {
+    queues: Vec<mpsc::Receiver<Blocks>>,
+    next: usize,
+    segments: usize,
+}
+
+impl std::fmt::Debug for OrderedCopy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrderedCopy").field("next", &self.next).field("segments", &self.segments).finish()
+    }
+}
+
+impl OrderedCopy {
+    /// Starts copying `segments` on the snapshot's connection and, when there are several and the pool can
+    /// spare one, on a helper that shares the snapshot: segment i on connection i mod 2.
+    pub(crate) async fn start(snapshot: &Snapshot, segments: Vec<String>) -> Self {
+        let helper = if segments.len() > 1 { snapshot.helper().await } else { None };
+        let mut sources = vec![Source::Main(snapshot.conn.clone())];
+        sources.extend(helper.map(|h| Source::Helper(Box::new(h))));
+        let workers = sources.len();
+        let count = segments.len();
+        let mut queues = Vec::with_capacity(workers);
+        for (w, source) in sources.into_iter().enumerate() {
+            let mine: Vec<String> = segments.iter().skip(w).step_by(workers).cloned().collect();
+            let (queue_tx, queue_rx) = mpsc::channel(2);
+            queues.push(queue_rx);
+            tokio::spawn(copy_segments(source, mine, queue_tx));
+        }
+        Self { queues, next: 0, segments: count }
+    }
+
+    /// The chunks of the next segment, or None after the last.
+    pub(crate) async fn next_segment(&mut self) -> Result<Option<Blocks>, Error> {
+        if self.next == self.segments {
+            return Ok(None);
+        }
+        let w = self.next % self.queues.len();
+        self.next += 1;
+        match self.queues[w].recv().await {
+            Some(blocks) => Ok(Some(blocks)),
+            None => Err(Error::Malformed("a copy worker stopped early".to_owned())),
+        }
+    }
+}
+
+/// Copies each of `segments` on `source` into a channel of its own, handed to the stream through `queue`.
+/// Ends when done or when the stream stopped listening (then a helper cancels its query as it is dropped).
+async fn copy_segments(mut source: Source, segments: Vec<String>, queue: mpsc::Sender<Blocks>) {
+    for sql in segments {
+        let (blocks_tx, blocks_rx) = mpsc::channel(BLOCKS_AHEAD);
+        if queue.send(blocks_rx).await.is_err() {
+            return;
+        }
+        if let Source::Helper(helper) = &mut source {
+            helper.set_idle(false);
+        }
+        let copied = async {
+            let rows = source.conn().copy_out(sql.as_str()).await?;
+            let mut rows = pin!(rows);
+            let mut block = Vec::with_capacity(BLOCK_CHUNKS);
+            while let Some(chunk) = rows.next().await {
+                block.push(chunk?);
+                if block.len() == BLOCK_CHUNKS {
+                    let full = std::mem::replace(&mut block, Vec::with_capacity(BLOCK_CHUNKS));
+                    if blocks_tx.send(Ok(full)).await.is_err() {
+                        return Ok(false);
+                    }
+                }
+            }
+            Ok::<_, Error>(block.is_empty() || blocks_tx.send(Ok(block)).await.is_ok())
+        };
+        match copied.await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                let _ = blocks_tx.send(Err(e)).await;
+                return;
+            }
+        }
+        if let Source::Helper(helper) = &mut source {
+            helper.set_idle(true);
+        }
+    }
+}
+
+/// How long a stream waits for a helper connection before it reads alone.
+const HELPER_WAIT: Duration = Duration::from_millis(100);
+
+/// A pooled connection in a transaction that imported a stream's snapshot. Dropped while a query may still run
+/// (the stream was cancelled), it cancels the query and rolls back in the background before the pool gets it back.
+pub(crate) struct Helper {
+    conn: Option<PooledConnection<'static, Manager>>,
+    /// Set when no query of the helper can still be running.
+    idle: bool,
+}
+
+impl std::fmt::Debug for Helper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Helper").finish_non_exhaustive()
+    }
+}
+
+impl Helper {
+    pub(crate) fn conn(&self) -> &Conn {
+        self.conn.as_ref().expect("present until dropped")
+    }
+
+    /// Whether a query may be running: only then does dropping the helper send a cancel request.
+    pub(crate) fn set_idle(&mut self, idle: bool) {
+        self.idle = idle;
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            let busy = !self.idle;
+            tokio::spawn(async move {
+                if busy {
+                    let token = conn.cancel_token();
+                    let _ = tokio::time::timeout(CLEANUP_TIMEOUT, token.cancel_query(NoTls)).await;
+                }
+                rollback(&conn).await;
+            });
+        }
     }
 }
 
@@ -464,6 +654,31 @@ async fn run<T, B: Body<T>>(
     }
 }
 
+/// Most segments a stream's range is cut into: a range of years is read in runs of days, not day by day.
+const MAX_SEGMENTS: i64 = 64;
+
+/// [start, end) cut at UTC midnights into at most [`MAX_SEGMENTS`] runs of whole days (each run one or more day
+/// partitions), without the runs that end at or before `after` (the microsecond of a resume position: its own
+/// run stays, and the SQL skips what was delivered).
+pub(crate) fn day_segments(
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    after: Option<i64>,
+) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
+    let days = (time::day_start(end - chrono::Duration::microseconds(1)) - time::day_start(start)).num_days() + 1;
+    let step = chrono::Duration::days((days + MAX_SEGMENTS - 1) / MAX_SEGMENTS);
+    let mut segments = Vec::new();
+    let mut from = start;
+    while from < end {
+        let to = time::day_start(from).checked_add_signed(step).map_or(end, |to| to.min(end));
+        if after.is_none_or(|after| to.timestamp_micros() > after) {
+            segments.push((from, to));
+        }
+        from = to;
+    }
+    segments
+}
+
 /// The summary message's content.
 pub(crate) fn summary(count: i64, hash: &ContentHash, watermark: i64) -> StreamSummary {
     StreamSummary { item_count: count, content_hash: hash.finish().to_vec(), watermark }
@@ -529,6 +744,35 @@ mod tests {
         let mut negative = encoded.clone();
         negative[0] = 0x80;
         assert!(Position::decode(&negative).is_none());
+    }
+
+    #[test]
+    fn ranges_cut_at_midnights_into_at_most_64_runs() {
+        let at = |s: &str| s.parse::<DateTime<Utc>>().expect("time");
+        let segments = day_segments(at("2026-01-05T06:00:00Z"), at("2026-01-07T12:00:00Z"), None);
+        assert_eq!(
+            segments,
+            [
+                (at("2026-01-05T06:00:00Z"), at("2026-01-06T00:00:00Z")),
+                (at("2026-01-06T00:00:00Z"), at("2026-01-07T00:00:00Z")),
+                (at("2026-01-07T00:00:00Z"), at("2026-01-07T12:00:00Z")),
+            ]
+        );
+        let resumed = day_segments(
+            at("2026-01-05T06:00:00Z"),
+            at("2026-01-07T12:00:00Z"),
+            Some(at("2026-01-06T00:00:00Z").timestamp_micros()),
+        );
+        assert_eq!(resumed.len(), 2, "the run ending at the position is skipped, the position's own run stays");
+        assert_eq!(day_segments(at("2026-01-05T00:00:00Z"), at("2026-01-05T00:00:00.000001Z"), None).len(), 1);
+        let years = day_segments(at("2020-01-01T00:00:00Z"), at("2030-01-01T00:00:00Z"), None);
+        assert!(years.len() <= 64 && years.len() > 50, "{}", years.len());
+        assert_eq!(
+            (years[0].0, years.last().expect("last").1),
+            (at("2020-01-01T00:00:00Z"), at("2030-01-01T00:00:00Z"))
+        );
+        assert!(years.windows(2).all(|w| w[0].1 == w[1].0), "contiguous");
+        assert!(years.iter().all(|(_, to)| *to == time::day_start(*to) || *to == at("2030-01-01T00:00:00Z")));
     }
 
     #[test]

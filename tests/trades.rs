@@ -469,7 +469,9 @@ async fn cancelled_streams_stop_their_query_and_leave_the_pool_healthy() {
     // the client cancels after one message: the COPY is gone within a second
     let mut stream = client.stream_trades(req.clone()).await.expect("stream").into_inner();
     stream.message().await.expect("message").expect("data");
-    assert_eq!(active_copies(&admin, &app.db.name).await, 1, "the read is paused by backpressure, not finished");
+    let copies = active_copies(&admin, &app.db.name).await;
+    // the stream's own connection and the helper that reads the next day ahead
+    assert!((1..=2).contains(&copies), "the read is paused by backpressure, not finished: {copies} COPYs");
     drop(stream);
     let gone = wait_until_no_copy(&admin, &app.db.name, Duration::from_secs(1)).await;
     eprintln!("query gone {gone:?} after the cancel");
@@ -642,7 +644,8 @@ async fn a_slow_reader_keeps_the_server_memory_flat_and_pauses_the_database() {
     let flat = read_slowly(75).await;
     eprintln!("server RSS peak {} MiB in the first second, {} MiB in the next 1.5 s", ramp / 1024, flat / 1024);
     assert!(count < TRADES / 4, "the client has read only part of the stream");
-    assert_eq!(active_copies(&app.db.admin().await, &app.db.name).await, 1, "the database read waits, unfinished");
+    let copies = active_copies(&app.db.admin().await, &app.db.name).await;
+    assert!((1..=2).contains(&copies), "the database read waits, unfinished: {copies} COPYs");
     assert!(flat <= ramp + 4 * 1024, "RSS grew from {ramp} KiB to {flat} KiB while the client read slowly");
     // the whole stream decoded would take far more (about 200 bytes per trade as Trade messages)
     assert!(flat < 100 * 1024, "RSS {flat} KiB");
