@@ -5,7 +5,7 @@
 //! timestamps are microseconds since 2000-01-01 UTC. PostgreSQL sends a CopyData message per tuple, but the
 //! format does not promise it, so the reader takes chunks of any size and yields complete tuples.
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use crate::error::Error;
 
@@ -13,10 +13,14 @@ const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01T00:00:00Z).
 const POSTGRES_EPOCH_MICROS: i64 = 946_684_800_000_000;
 
-/// Splits a binary COPY stream into tuples.
+/// Splits a binary COPY stream into tuples. A chunk is read where it lies (PostgreSQL sends a tuple per chunk);
+/// only the rest of a tuple cut across chunks is copied, into `spill`.
 #[derive(Debug, Default)]
 pub struct Reader {
-    buf: BytesMut,
+    /// The current chunk's unread bytes, while `spill` is empty.
+    chunk: Bytes,
+    /// Unread bytes gathered from several chunks; when not empty, `chunk` is.
+    spill: BytesMut,
     header_read: bool,
     ended: bool,
 }
@@ -30,35 +34,58 @@ pub struct Tuple<const N: usize> {
 
 impl Reader {
     /// Appends a chunk of the stream.
-    pub fn push(&mut self, chunk: &[u8]) {
-        self.buf.extend_from_slice(chunk);
+    pub fn push(&mut self, chunk: Bytes) {
+        if self.spill.is_empty() && self.chunk.is_empty() {
+            self.chunk = chunk;
+            return;
+        }
+        if !self.chunk.is_empty() {
+            self.spill.extend_from_slice(&self.chunk);
+            self.chunk.clear();
+        }
+        self.spill.extend_from_slice(&chunk);
+    }
+
+    /// The unread bytes.
+    fn data(&self) -> &[u8] {
+        if self.spill.is_empty() { &self.chunk } else { &self.spill }
+    }
+
+    fn advance(&mut self, n: usize) {
+        if self.spill.is_empty() {
+            self.chunk.advance(n);
+        } else {
+            self.spill.advance(n);
+        }
     }
 
     /// The next complete tuple, which must have `N` fields; None when more bytes are needed or the stream ended.
     /// Read its fields with [`field`](Self::field), then [`consume`](Self::consume) it.
     pub fn next_tuple<const N: usize>(&mut self) -> Result<Option<Tuple<N>>, Error> {
         if !self.header_read {
-            if self.buf.len() < SIGNATURE.len() + 8 {
+            let buf = self.data();
+            if buf.len() < SIGNATURE.len() + 8 {
                 return Ok(None);
             }
-            if &self.buf[..SIGNATURE.len()] != SIGNATURE {
+            if &buf[..SIGNATURE.len()] != SIGNATURE {
                 return Err(malformed("not a binary COPY stream"));
             }
-            let extension = read_u32(&self.buf[SIGNATURE.len() + 4..]) as usize;
+            let extension = read_u32(&buf[SIGNATURE.len() + 4..]) as usize;
             let header = SIGNATURE.len() + 8 + extension;
-            if self.buf.len() < header {
+            if buf.len() < header {
                 return Ok(None);
             }
-            self.buf.advance(header);
+            self.advance(header);
             self.header_read = true;
         }
-        if self.ended || self.buf.len() < 2 {
+        if self.ended || self.data().len() < 2 {
             return Ok(None);
         }
-        let count = i16::from_be_bytes([self.buf[0], self.buf[1]]);
+        let buf = self.data();
+        let count = i16::from_be_bytes([buf[0], buf[1]]);
         if count == -1 {
             self.ended = true;
-            self.buf.advance(2);
+            self.advance(2);
             return Ok(None);
         }
         if count as usize != N {
@@ -67,14 +94,14 @@ impl Reader {
         let mut fields = [None; N];
         let mut at = 2usize;
         for field in &mut fields {
-            if self.buf.len() < at + 4 {
+            if buf.len() < at + 4 {
                 return Ok(None);
             }
-            let len = i32::from_be_bytes([self.buf[at], self.buf[at + 1], self.buf[at + 2], self.buf[at + 3]]);
+            let len = i32::from_be_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
             at += 4;
             if len >= 0 {
                 let len = len as usize;
-                if self.buf.len() < at + len {
+                if buf.len() < at + len {
                     return Ok(None);
                 }
                 *field = Some((at as u32, len as u32));
@@ -89,17 +116,17 @@ impl Reader {
     /// Field `i` of `tuple`; NULL is an error (the replays select NOT NULL columns only).
     pub fn field<const N: usize>(&self, tuple: &Tuple<N>, i: usize) -> Result<&[u8], Error> {
         let (at, len) = tuple.fields[i].ok_or_else(|| malformed(format!("NULL in field {i}")))?;
-        Ok(&self.buf[at as usize..(at + len) as usize])
+        Ok(&self.data()[at as usize..(at + len) as usize])
     }
 
     /// Drops `tuple` from the front of the buffer.
     pub fn consume<const N: usize>(&mut self, tuple: &Tuple<N>) {
-        self.buf.advance(tuple.len);
+        self.advance(tuple.len);
     }
 
     /// Checks that the stream ended with its trailer and nothing was left over.
     pub fn finish(&self) -> Result<(), Error> {
-        if !self.ended || !self.buf.is_empty() {
+        if !self.ended || !self.data().is_empty() {
             return Err(malformed("stream cut before its end"));
         }
         Ok(())
@@ -167,7 +194,7 @@ mod tests {
             let mut reader = Reader::default();
             let mut seen = Vec::new();
             for piece in bytes.chunks(chunk) {
-                reader.push(piece);
+                reader.push(Bytes::copy_from_slice(piece));
                 while let Some(tuple) = reader.next_tuple::<2>().expect("valid") {
                     let n = int8(reader.field(&tuple, 0).expect("int8")).expect("int8");
                     let t = reader.field(&tuple, 1).ok().map(|b| text(b).expect("utf-8").to_owned());
@@ -184,16 +211,16 @@ mod tests {
     fn damage_is_an_error_not_a_panic() {
         let bytes = stream();
         let mut reader = Reader::default();
-        reader.push(&bytes[..bytes.len() - 2]);
+        reader.push(Bytes::copy_from_slice(&bytes[..bytes.len() - 2]));
         while let Some(tuple) = reader.next_tuple::<2>().expect("valid") {
             reader.consume(&tuple);
         }
         assert!(reader.finish().is_err(), "no trailer");
         let mut reader = Reader::default();
-        reader.push(&bytes);
+        reader.push(Bytes::from(bytes.clone()));
         assert!(reader.next_tuple::<3>().is_err(), "wrong field count");
         let mut reader = Reader::default();
-        reader.push(b"PGCOPY\nXXXXXXXXXXXXXXXXXX");
+        reader.push(Bytes::from_static(b"PGCOPY\nXXXXXXXXXXXXXXXXXX"));
         assert!(reader.next_tuple::<2>().is_err(), "bad signature");
         assert_eq!(timestamp_micros(&0i64.to_be_bytes()).expect("epoch"), POSTGRES_EPOCH_MICROS);
         assert!(int8(&[1, 2]).is_err());

@@ -82,7 +82,7 @@ impl replay::Body<StreamTradesResponse> for Stream {
             let mut reader = copy::Reader::default();
             while let Some(block) = blocks.recv().await {
                 for chunk in block? {
-                    reader.push(&chunk);
+                    reader.push(chunk);
                     while let Some(tuple) = reader.next_tuple::<7>()? {
                         let trade = parse(&reader, &tuple)?;
                         encoded.clear();
