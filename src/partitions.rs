@@ -26,24 +26,41 @@ pub async fn ensure_ahead(client: &impl GenericClient, now: DateTime<Utc>, days_
     ensure_range(client, today, end).await
 }
 
-/// How often the server re-checks the partitions ahead.
+/// How often the server re-checks the partitions ahead, and how soon it retries after a failure.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(3600);
+const RETRY_INTERVAL: Duration = Duration::from_secs(60);
 
-/// Keeps `days_ahead` days of partitions created, hourly, until the task is dropped. Failures are logged and
-/// retried at the next tick: a missing partition ahead is created on demand by ingest anyway.
+/// How long maintenance waits for the fact tables' lock. Creating a partition locks its parent exclusively: a
+/// creator that waited behind a long replay (whose snapshot holds a shared lock on the parent until it ends)
+/// would queue every later query of the table behind itself. It gives up instead and tries again later.
+const LOCK_TIMEOUT: &str = "1s";
+
+/// Keeps `days_ahead` days of partitions created, hourly, until the task is dropped. Failures (such as a lock
+/// not granted within [`LOCK_TIMEOUT`]) are logged and retried a minute later.
 pub async fn maintain(pool: Pool, days_ahead: u32) {
-    let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
+    let mut wait = Duration::ZERO;
     loop {
-        tick.tick().await;
+        tokio::time::sleep(wait).await;
         let result = async {
             let conn = pool.get().await?;
-            ensure_ahead(conn.client(), Utc::now(), days_ahead).await
+            let client = conn.client();
+            client.batch_execute(&format!("BEGIN; SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")).await?;
+            let created = ensure_ahead(client, Utc::now(), days_ahead).await;
+            let end = if created.is_ok() { "COMMIT" } else { "ROLLBACK" };
+            client.batch_execute(end).await?;
+            created
         }
         .await;
-        match result {
-            Ok(0) => {}
-            Ok(created) => tracing::info!(created, days_ahead, "created partitions ahead"),
-            Err(e) => tracing::warn!(error = %e, "partition maintenance failed"),
-        }
+        wait = match result {
+            Ok(0) => MAINTENANCE_INTERVAL,
+            Ok(created) => {
+                tracing::info!(created, days_ahead, "created partitions ahead");
+                MAINTENANCE_INTERVAL
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?RETRY_INTERVAL, "partition maintenance failed");
+                RETRY_INTERVAL
+            }
+        };
     }
 }

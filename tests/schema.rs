@@ -195,3 +195,24 @@ async fn partitions_ahead_cover_today_and_the_next_days() {
     let names: Vec<String> = partitions_of(&client, "trades").await.into_iter().map(|p| p.0).collect();
     assert_eq!(names, ["trades_p20261231", "trades_p20270101", "trades_p20270102"]);
 }
+
+/// Creating a partition locks its parent exclusively. Maintenance must not wait behind a long reader (a replay
+/// holds its lock until its stream ends), or every later query of the table would queue behind it.
+#[tokio::test]
+async fn partition_maintenance_never_queues_readers_behind_a_long_replay() {
+    let db = TestDb::migrated().await;
+    let long_reader = db.client().await;
+    long_reader.batch_execute("BEGIN; SELECT count(*) FROM trades").await.expect("long read");
+    let pool = db.database().pool(2, std::time::Duration::from_secs(10)).await.expect("pool");
+    // today's partitions do not exist in the test database: maintenance has to create them
+    let maintenance = tokio::spawn(partitions::maintain(pool, 2));
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let reader = db.client().await;
+    let started = std::time::Instant::now();
+    reader.batch_execute("SET statement_timeout = '10s'").await.expect("timeout");
+    reader.query_one("SELECT count(*) FROM trades", &[]).await.expect("a new reader is served");
+    let waited = started.elapsed();
+    assert!(waited < std::time::Duration::from_secs(3), "the reader waited {waited:?}");
+    long_reader.batch_execute("COMMIT").await.expect("commit");
+    maintenance.abort();
+}
