@@ -504,8 +504,9 @@ async fn copy_segments(mut source: Source, segments: Vec<String>, queue: mpsc::S
 /// How long a stream waits for a helper connection before it reads alone.
 const HELPER_WAIT: Duration = Duration::from_millis(100);
 
-/// A pooled connection in a transaction that imported a stream's snapshot. Dropped while a query may still run
-/// (the stream was cancelled), it cancels the query and rolls back in the background before the pool gets it back.
+/// A pooled connection in a transaction that imported a stream's snapshot. Dropped idle, it rolls back and goes
+/// back to the pool; dropped while a query may still run (the stream was cancelled), it cancels the query and is
+/// closed.
 pub(crate) struct Helper {
     conn: Option<PooledConnection<'static, Manager>>,
     /// Set when no query of the helper can still be running.
@@ -532,13 +533,15 @@ impl Helper {
 impl Drop for Helper {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
-            let busy = !self.idle;
+            if self.idle {
+                tokio::spawn(async move { rollback(&conn).await });
+                return;
+            }
+            // a query may still run: cancel it and close the connection (see `run` for why)
+            conn.discard();
             tokio::spawn(async move {
-                if busy {
-                    let token = conn.cancel_token();
-                    let _ = tokio::time::timeout(CLEANUP_TIMEOUT, token.cancel_query(NoTls)).await;
-                }
-                rollback(&conn).await;
+                let token = conn.cancel_token();
+                let _ = tokio::time::timeout(CLEANUP_TIMEOUT, token.cancel_query(NoTls)).await;
             });
         }
     }
@@ -546,15 +549,14 @@ impl Drop for Helper {
 
 /// Ends the snapshot's transaction; a connection that cannot is discarded rather than handed to the next user.
 async fn rollback(conn: &Conn) {
-    for _ in 0..2 {
-        // a cancel request can land on the first ROLLBACK: then it fails and the second one runs
-        match tokio::time::timeout(CLEANUP_TIMEOUT, conn.batch_execute("ROLLBACK")).await {
-            Ok(Ok(())) => return,
-            Ok(Err(e)) => tracing::debug!(error = %e, "rollback failed"),
-            Err(_) => break,
+    match tokio::time::timeout(CLEANUP_TIMEOUT, conn.batch_execute("ROLLBACK")).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "rollback failed");
+            conn.discard();
         }
+        Err(_) => conn.discard(),
     }
-    conn.discard();
 }
 
 /// Why a stream's body stopped early.
@@ -636,13 +638,17 @@ async fn run<T, B: Body<T>>(
         }
     };
     if cancel {
-        // the body (and its COPY) is dropped: stop the server's work too, which would otherwise run to the end
+        // The body (and its COPY) is dropped: stop the server's work too, which would otherwise run to the end.
+        // A cancel request is a signal with no answer: it may land after the COPY ended, on whatever the
+        // connection runs next. So the connection is closed rather than handed to another request.
         let token = snapshot.conn.cancel_token();
         if let Err(e) = tokio::time::timeout(CLEANUP_TIMEOUT, token.cancel_query(NoTls)).await.unwrap_or(Ok(())) {
             tracing::warn!(error = %e, "cancel request failed");
         }
+        snapshot.conn.discard();
+    } else {
+        rollback(&snapshot.conn).await;
     }
-    rollback(&snapshot.conn).await;
     match end {
         End::Failed(e) => {
             let _ = tx.send(Err(e.into())).await;
