@@ -43,19 +43,16 @@ BEGIN
 END
 $$;
 
-CREATE TRIGGER trades_write_lock BEFORE INSERT OR UPDATE OR DELETE ON trades
-    FOR EACH STATEMENT EXECUTE FUNCTION fact_write_lock();
-CREATE TRIGGER trades_data_version AFTER INSERT ON trades
-    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION data_version_advance();
-CREATE TRIGGER orderbook_deltas_write_lock BEFORE INSERT OR UPDATE OR DELETE ON orderbook_deltas
-    FOR EACH STATEMENT EXECUTE FUNCTION fact_write_lock();
-CREATE TRIGGER orderbook_deltas_data_version AFTER INSERT ON orderbook_deltas
-    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION data_version_advance();
-CREATE TRIGGER orderbook_snapshots_write_lock BEFORE INSERT OR UPDATE OR DELETE ON orderbook_snapshots
-    FOR EACH STATEMENT EXECUTE FUNCTION fact_write_lock();
-CREATE TRIGGER orderbook_snapshots_data_version AFTER INSERT ON orderbook_snapshots
-    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION data_version_advance();
-CREATE TRIGGER market_lifecycle_write_lock BEFORE INSERT OR UPDATE OR DELETE ON market_lifecycle
-    FOR EACH STATEMENT EXECUTE FUNCTION fact_write_lock();
-CREATE TRIGGER market_lifecycle_data_version AFTER INSERT ON market_lifecycle
-    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION data_version_advance();
+-- the same two triggers on each fact table, named <table>_write_lock and <table>_data_version
+DO $$
+DECLARE
+    fact text;
+BEGIN
+    FOREACH fact IN ARRAY ARRAY['trades', 'orderbook_deltas', 'orderbook_snapshots', 'market_lifecycle'] LOOP
+        EXECUTE format('CREATE TRIGGER %I BEFORE INSERT OR UPDATE OR DELETE ON %I
+                            FOR EACH STATEMENT EXECUTE FUNCTION fact_write_lock()', fact || '_write_lock', fact);
+        EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %I REFERENCING NEW TABLE AS new_rows
+                            FOR EACH STATEMENT EXECUTE FUNCTION data_version_advance()', fact || '_data_version', fact);
+    END LOOP;
+END
+$$;

@@ -196,6 +196,62 @@ async fn partitions_ahead_cover_today_and_the_next_days() {
     assert_eq!(names, ["trades_p20261231", "trades_p20270101", "trades_p20270102"]);
 }
 
+#[tokio::test]
+async fn every_fact_write_advances_the_watermark_to_its_highest_ingest_seq() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "SELECT ensure_daily_partitions('2026-01-05Z', '2026-01-06Z');
+             INSERT INTO trades (ts, ticker, trade_id, yes_price_micros, count_centi, taker_side)
+             VALUES ('2026-01-05T01:00:00Z', 'M', 't1', 500000, 100, 1);",
+        )
+        .await
+        .expect("trade");
+    let watermark = async || -> i64 {
+        client.query_one("SELECT watermark FROM data_version", &[]).await.expect("watermark").get(0)
+    };
+    let highest = async |table: &str| -> i64 {
+        client.query_one(&format!("SELECT max(ingest_seq) FROM {table}"), &[]).await.expect("max").get(0)
+    };
+    assert_eq!(watermark().await, highest("trades").await);
+    let writes = [
+        (
+            "orderbook_deltas",
+            "INSERT INTO orderbook_deltas (ts, ticker, sid, seq, side, price_micros, delta_centi)
+                              VALUES ('2026-01-05T02:00:00Z', 'M', 1, 1, 1, 500000, 100)",
+        ),
+        (
+            "orderbook_snapshots",
+            "INSERT INTO orderbook_snapshots (ts, ticker, sid, seq, yes_price_micros, yes_size_centi,
+                                                                  no_price_micros, no_size_centi)
+                                 VALUES ('2026-01-05T03:00:00Z', 'M', 1, 2, '{}', '{}', '{}', '{}')",
+        ),
+        (
+            "market_lifecycle",
+            "INSERT INTO market_lifecycle (ts, ticker, event_type)
+                              VALUES ('2026-01-05T04:00:00Z', 'M', 1)",
+        ),
+    ];
+    for (table, insert) in writes {
+        let before = watermark().await;
+        client.batch_execute(insert).await.expect(table);
+        let after = watermark().await;
+        assert!(after > before, "{table}: {before} -> {after}");
+        assert_eq!(after, highest(table).await, "{table}");
+    }
+    // a write whose every row was a duplicate stores nothing and leaves the watermark alone
+    let before = watermark().await;
+    client
+        .batch_execute(
+            "INSERT INTO trades (ts, ticker, trade_id, yes_price_micros, count_centi, taker_side)
+             VALUES ('2026-01-05T01:00:00Z', 'M', 't1', 500000, 100, 1) ON CONFLICT DO NOTHING",
+        )
+        .await
+        .expect("duplicate");
+    assert_eq!(watermark().await, before);
+}
+
 /// Creating a partition locks its parent exclusively. Maintenance must not wait behind a long reader (a replay
 /// holds its lock until its stream ends), or every later query of the table would queue behind it.
 #[tokio::test]
