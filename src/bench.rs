@@ -23,6 +23,7 @@ use tonic::{
     Status,
     transport::{Channel, Endpoint},
 };
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::{
     app,
@@ -39,6 +40,19 @@ use crate::{
 };
 
 type Client = ReferenceServiceClient<Channel>;
+
+/// What a caller calls through: the service under test, and health for the transport floor.
+#[derive(Debug, Clone)]
+struct Clients {
+    reference: Client,
+    health: HealthClient<Channel>,
+}
+
+impl Clients {
+    fn new(channel: Channel) -> Self {
+        Self { reference: Client::new(channel.clone()), health: HealthClient::new(channel) }
+    }
+}
 
 /// The page size the List* rows ask for, and the number of markets per GetCoverage call.
 const PAGE: usize = 100;
@@ -185,7 +199,7 @@ async fn measure(uri: &str, args: &BenchReferenceArgs, in_process: bool) -> Resu
         tracing::info!(rpc = %label, "measuring");
         let phase = Phase { op, seed: args.dataset.seed, warmup: args.warmup, duration: args.duration };
         let tally = phase.run(&channels, concurrency, &keys).await?;
-        report.rows.push(Row::new(label, Some(op.goal()), &tally));
+        report.rows.push(Row::new(label, op.goal(), &tally));
     }
     Ok(report)
 }
@@ -205,7 +219,7 @@ impl Phase {
         let until = record_from + self.duration;
         let mut callers = JoinSet::new();
         for caller in 0..concurrency {
-            let client = Client::new(channels[caller as usize % channels.len()].clone());
+            let client = Clients::new(channels[caller as usize % channels.len()].clone());
             // a stream per (row, caller): the keys a caller picks depend neither on how the others are
             // scheduled nor on which other rows run
             let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
@@ -224,7 +238,7 @@ impl Phase {
 
 /// One caller: back-to-back calls until `until`, recording those that start at or after `record_from`.
 async fn call_until(
-    mut client: Client,
+    mut client: Clients,
     op: Op,
     keys: Arc<Keys>,
     mut rng: ChaCha8Rng,
@@ -247,6 +261,9 @@ async fn call_until(
 /// The rows of the report, in order: each RPC, and the variants whose cost differs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
+    /// grpc.health.v1 Check: the same gRPC round trip with no database and nothing to encode, the floor the
+    /// lookups are compared to.
+    Floor,
     GetSeries,
     GetEvent,
     GetEventWithMarkets,
@@ -263,7 +280,8 @@ enum Op {
 }
 
 impl Op {
-    const ALL: [Op; 13] = [
+    const ALL: [Op; 14] = [
+        Op::Floor,
         Op::GetSeries,
         Op::GetEvent,
         Op::GetEventWithMarkets,
@@ -282,6 +300,7 @@ impl Op {
     /// The RPC this row calls.
     fn rpc(self) -> &'static str {
         match self {
+            Op::Floor => "Check",
             Op::GetSeries => "GetSeries",
             Op::GetEvent | Op::GetEventWithMarkets => "GetEvent",
             Op::GetMarket => "GetMarket",
@@ -311,6 +330,7 @@ impl Op {
     fn label(self, keys: &Keys) -> String {
         let coverage = keys.markets.len().min(PAGE);
         match self {
+            Op::Floor => "Health.Check (floor)".to_owned(),
             Op::GetSeries => "GetSeries".to_owned(),
             Op::GetEvent => "GetEvent".to_owned(),
             Op::GetEventWithMarkets => "GetEvent(markets)".to_owned(),
@@ -327,8 +347,10 @@ impl Op {
         }
     }
 
-    fn goal(self) -> Duration {
-        match self {
+    /// The p99 goal; the floor has none (it is the reference).
+    fn goal(self) -> Option<Duration> {
+        Some(match self {
+            Op::Floor => return None,
             Op::GetSeries | Op::GetEvent | Op::GetEventWithMarkets | Op::GetMarket | Op::GetSettlement => GET_GOAL,
             Op::ListSeries
             | Op::ListEvents
@@ -337,7 +359,7 @@ impl Op {
             | Op::ListMarketsNextPage
             | Op::ListSettlements => LIST_GOAL,
             Op::GetCoverage | Op::GetCoverageRange => COVERAGE_GOAL,
-        }
+        })
     }
 
     /// Why this row cannot run on the server's data, if it cannot.
@@ -354,9 +376,11 @@ impl Op {
     }
 
     /// One call with random keys; the latency covers the round trip and decoding, not building the request.
-    async fn call(self, client: &mut Client, keys: &Keys, rng: &mut ChaCha8Rng) -> (Duration, Result<(), Status>) {
+    async fn call(self, clients: &mut Clients, keys: &Keys, rng: &mut ChaCha8Rng) -> (Duration, Result<(), Status>) {
         let page_size = PAGE as i32;
+        let client = &mut clients.reference;
         match self {
+            Op::Floor => timed(clients.health.check(HealthCheckRequest { service: String::new() })).await,
             Op::GetSeries => timed(client.get_series(GetSeriesRequest { ticker: pick(&keys.series, rng) })).await,
             Op::GetEvent | Op::GetEventWithMarkets => {
                 let include_markets = self == Op::GetEventWithMarkets;
@@ -902,7 +926,10 @@ mod tests {
             [Op::GetEvent, Op::GetEventWithMarkets, Op::ListMarkets, Op::ListMarketsOfSeries, Op::ListMarketsNextPage]
         );
         let error = Op::selected(&["GetMarkets".to_owned()]).expect_err("unknown").to_string();
-        assert!(error.starts_with("--rpc: unknown RPC \"GetMarkets\"; known: GetCoverage, GetEvent,"), "{error}");
+        assert!(
+            error.starts_with("--rpc: unknown RPC \"GetMarkets\"; known: Check, GetCoverage, GetEvent,"),
+            "{error}"
+        );
     }
 
     #[test]
