@@ -24,8 +24,9 @@ fn main() -> Result<(), Box<dyn Error>> {
     tonic_prost_build::configure()
         // RPCs whose issue has not landed answer UNIMPLEMENTED without a hand-written stub
         .generate_default_stubs(true)
-        // a batch of trades the server encodes once, for the content hash and the wire (src/trades.rs)
+        // batches of trades the server encodes by hand, from what it read (src/trades.rs)
         .extern_path(".kalshi.replay.v1.TradeBatch", "crate::trades::TradeBatch")
+        .extern_path(".kalshi.replay.v1.TradeColumns", "crate::trades::TradeColumns")
         .file_descriptor_set_path(out_dir.join("kalshi_replay_descriptor.bin"))
         .compile_with_config(
             config,

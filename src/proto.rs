@@ -5,8 +5,8 @@
 
 tonic::include_proto!("kalshi.replay.v1");
 
-/// `TradeBatch` is written by hand (see its docs); it belongs here with the other messages.
-pub use crate::trades::TradeBatch;
+/// `TradeBatch` and `TradeColumns` are written by hand (see their docs); they belong here with the other messages.
+pub use crate::trades::{TradeBatch, TradeColumns};
 
 /// The encoded file descriptor set of every proto file, for the reflection service.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("kalshi_replay_descriptor");

@@ -15,7 +15,7 @@ use crate::{
     copy,
     error::Error,
     hash::ContentHash,
-    proto::{Layout, StreamTradesResponse, Trade, TradeColumns, stream_trades_response::Payload},
+    proto::{Layout, StreamTradesResponse, Trade, stream_trades_response::Payload},
     replay::{self, Common, Position, Resume, Snapshot, Stop},
     token::Kind,
 };
@@ -300,12 +300,185 @@ impl prost::Message for TradeBatch {
     }
 }
 
+/// The `TradeColumns` message (columns layout), written by hand for the same reason as [`TradeBatch`]: the server
+/// appends each trade's values to per-column buffers, already in their wire form (packed varints, length-prefixed
+/// strings), instead of collecting a `String` per trade id and having prost measure and encode every column
+/// again. A decoded message (a client's) has its values in the public fields, as the generated message would;
+/// the wire format is the proto's.
+#[derive(Clone, PartialEq, Default)]
+pub struct TradeColumns {
+    /// Market tickers first used in this batch, appended to the stream's dictionary.
+    pub new_market_tickers: Vec<String>,
+    /// Index into the stream's dictionary of market tickers.
+    pub market_index: Vec<u32>,
+    /// Trade time, microseconds since the Unix epoch, UTC.
+    pub time_micros: Vec<i64>,
+    /// YES price, micro-dollars.
+    pub yes_price_micros: Vec<i64>,
+    /// Contracts, centi-contracts.
+    pub count_centi: Vec<i64>,
+    /// Taker side (Side enum numbers).
+    pub taker_side: Vec<i32>,
+    /// Trade ids.
+    pub trade_id: Vec<String>,
+    /// Data version of each trade.
+    pub ingest_seq: Vec<i64>,
+    /// More columns, already encoded (sent after the fields above).
+    encoded: Vec<u8>,
+}
+
+impl std::fmt::Debug for TradeColumns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TradeColumns")
+            .field("new_market_tickers", &self.new_market_tickers)
+            .field("market_index", &self.market_index)
+            .field("time_micros", &self.time_micros)
+            .field("yes_price_micros", &self.yes_price_micros)
+            .field("count_centi", &self.count_centi)
+            .field("taker_side", &self.taker_side)
+            .field("trade_id", &self.trade_id)
+            .field("ingest_seq", &self.ingest_seq)
+            .field("encoded_bytes", &self.encoded.len())
+            .finish()
+    }
+}
+
+impl prost::Message for TradeColumns {
+    fn encode_raw(&self, buf: &mut impl prost::bytes::BufMut) {
+        use prost::encoding::{int32, int64, string, uint32};
+        string::encode_repeated(1, &self.new_market_tickers, buf);
+        uint32::encode_packed(2, &self.market_index, buf);
+        int64::encode_packed(3, &self.time_micros, buf);
+        int64::encode_packed(4, &self.yes_price_micros, buf);
+        int64::encode_packed(5, &self.count_centi, buf);
+        int32::encode_packed(6, &self.taker_side, buf);
+        string::encode_repeated(7, &self.trade_id, buf);
+        int64::encode_packed(8, &self.ingest_seq, buf);
+        buf.put_slice(&self.encoded);
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: prost::encoding::WireType,
+        buf: &mut impl prost::bytes::Buf,
+        ctx: prost::encoding::DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        use prost::encoding::{int32, int64, string, uint32};
+        match tag {
+            1 => string::merge_repeated(wire_type, &mut self.new_market_tickers, buf, ctx),
+            2 => uint32::merge_repeated(wire_type, &mut self.market_index, buf, ctx),
+            3 => int64::merge_repeated(wire_type, &mut self.time_micros, buf, ctx),
+            4 => int64::merge_repeated(wire_type, &mut self.yes_price_micros, buf, ctx),
+            5 => int64::merge_repeated(wire_type, &mut self.count_centi, buf, ctx),
+            6 => int32::merge_repeated(wire_type, &mut self.taker_side, buf, ctx),
+            7 => string::merge_repeated(wire_type, &mut self.trade_id, buf, ctx),
+            8 => int64::merge_repeated(wire_type, &mut self.ingest_seq, buf, ctx),
+            _ => prost::encoding::skip_field(wire_type, tag, buf, ctx),
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        use prost::encoding::{int32, int64, string, uint32};
+        string::encoded_len_repeated(1, &self.new_market_tickers)
+            + uint32::encoded_len_packed(2, &self.market_index)
+            + int64::encoded_len_packed(3, &self.time_micros)
+            + int64::encoded_len_packed(4, &self.yes_price_micros)
+            + int64::encoded_len_packed(5, &self.count_centi)
+            + int32::encoded_len_packed(6, &self.taker_side)
+            + string::encoded_len_repeated(7, &self.trade_id)
+            + int64::encoded_len_packed(8, &self.ingest_seq)
+            + self.encoded.len()
+    }
+
+    fn clear(&mut self) {
+        *self = Self::default();
+    }
+}
+
+/// The columns of a batch being filled, each in its wire form: the packed ones as their varints, the string
+/// ones as whole fields (tag, length, bytes).
+#[derive(Debug, Default)]
+struct ColumnBuffers {
+    new_market_tickers: Vec<u8>,
+    market_index: Vec<u8>,
+    time_micros: Vec<u8>,
+    yes_price_micros: Vec<u8>,
+    count_centi: Vec<u8>,
+    taker_side: Vec<u8>,
+    trade_id: Vec<u8>,
+    ingest_seq: Vec<u8>,
+}
+
+impl ColumnBuffers {
+    /// Appends one trade whose market has index `market` in the stream's dictionary.
+    fn push(&mut self, trade: &TradeRow<'_>, market: u32) {
+        varint(&mut self.market_index, u64::from(market));
+        varint(&mut self.time_micros, trade.micros as u64);
+        varint(&mut self.yes_price_micros, trade.yes_price_micros as u64);
+        varint(&mut self.count_centi, trade.count_centi as u64);
+        // int32 and enum values are sign-extended to 64 bits on the wire
+        varint(&mut self.taker_side, i64::from(trade.taker_side) as u64);
+        string_field(&mut self.trade_id, 0x3a, trade.trade_id);
+        varint(&mut self.ingest_seq, trade.ingest_seq as u64);
+    }
+
+    /// The message's encoding, in field order (a packed column without values is left out, as prost does), and
+    /// empty buffers for the next batch.
+    fn take(&mut self) -> Vec<u8> {
+        fn packed(out: &mut Vec<u8>, tag: u8, values: &[u8]) {
+            if !values.is_empty() {
+                out.push(tag);
+                varint(out, values.len() as u64);
+                out.extend_from_slice(values);
+            }
+        }
+        // a packed field's tag and length take at most 11 bytes
+        let len = self.all().iter().map(|column| column.len() + 11).sum();
+        let mut out = Vec::with_capacity(len);
+        out.extend_from_slice(&self.new_market_tickers);
+        packed(&mut out, 0x12, &self.market_index);
+        packed(&mut out, 0x1a, &self.time_micros);
+        packed(&mut out, 0x22, &self.yes_price_micros);
+        packed(&mut out, 0x2a, &self.count_centi);
+        packed(&mut out, 0x32, &self.taker_side);
+        out.extend_from_slice(&self.trade_id);
+        packed(&mut out, 0x42, &self.ingest_seq);
+        for column in self.all() {
+            column.clear();
+        }
+        out
+    }
+}
+
+impl ColumnBuffers {
+    fn all(&mut self) -> [&mut Vec<u8>; 8] {
+        [
+            &mut self.new_market_tickers,
+            &mut self.market_index,
+            &mut self.time_micros,
+            &mut self.yes_price_micros,
+            &mut self.count_centi,
+            &mut self.taker_side,
+            &mut self.trade_id,
+            &mut self.ingest_seq,
+        ]
+    }
+}
+
+/// A string field: tag, length, bytes; an empty string too (an element of a repeated field is never left out).
+fn string_field(out: &mut Vec<u8>, tag: u8, value: &str) {
+    out.push(tag);
+    varint(out, value.len() as u64);
+    out.extend_from_slice(value.as_bytes());
+}
+
 /// The data message being filled, in the request's layout.
 struct Batch {
     layout: Layout,
     /// The rows layout's TradeBatch, encoded.
     rows: Vec<u8>,
-    columns: TradeColumns,
+    columns: ColumnBuffers,
     /// The stream's dictionary of market tickers (columns layout).
     dictionary: HashMap<String, u32>,
     len: usize,
@@ -317,7 +490,7 @@ impl Batch {
         Self {
             layout,
             rows: Vec::with_capacity(capacity * 128),
-            columns: TradeColumns::default(),
+            columns: ColumnBuffers::default(),
             dictionary: HashMap::new(),
             len: 0,
             capacity,
@@ -334,23 +507,16 @@ impl Batch {
             self.rows.extend_from_slice(encoded);
             return;
         }
-        let c = &mut self.columns;
         let index = match self.dictionary.get(trade.ticker) {
             Some(&i) => i,
             None => {
                 let i = self.dictionary.len() as u32;
                 self.dictionary.insert(trade.ticker.to_owned(), i);
-                c.new_market_tickers.push(trade.ticker.to_owned());
+                string_field(&mut self.columns.new_market_tickers, 0x0a, trade.ticker);
                 i
             }
         };
-        c.market_index.push(index);
-        c.time_micros.push(trade.micros);
-        c.yes_price_micros.push(trade.yes_price_micros);
-        c.count_centi.push(trade.count_centi);
-        c.taker_side.push(trade.taker_side);
-        c.trade_id.push(trade.trade_id.to_owned());
-        c.ingest_seq.push(trade.ingest_seq);
+        self.columns.push(trade, index);
     }
 
     /// The filled message with the token that resumes after `position`; the batch starts over.
@@ -359,17 +525,7 @@ impl Batch {
         self.len = 0;
         let payload = match self.layout {
             Layout::Columns => {
-                let columns = TradeColumns {
-                    market_index: Vec::with_capacity(self.capacity),
-                    time_micros: Vec::with_capacity(self.capacity),
-                    yes_price_micros: Vec::with_capacity(self.capacity),
-                    count_centi: Vec::with_capacity(self.capacity),
-                    taker_side: Vec::with_capacity(self.capacity),
-                    trade_id: Vec::with_capacity(self.capacity),
-                    ingest_seq: Vec::with_capacity(self.capacity),
-                    new_market_tickers: Vec::new(),
-                };
-                Payload::Columns(std::mem::replace(&mut self.columns, columns))
+                Payload::Columns(TradeColumns { encoded: self.columns.take(), ..TradeColumns::default() })
             }
             _ => {
                 let encoded = std::mem::replace(&mut self.rows, Vec::with_capacity(self.capacity * 128));
@@ -439,5 +595,48 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(batch.len, 0, "the batch starts over");
+    }
+
+    /// The hand-encoded columns decode to the trades' values and are byte for byte what prost encodes for them,
+    /// across batches that share the stream's dictionary.
+    #[test]
+    fn encoded_columns_are_what_prost_encodes_for_their_values() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let tickers = ["KXA", "KXB-26JAN05", "", "KXC"];
+        let ids: Vec<String> = (0..40).map(|i| if i % 7 == 0 { String::new() } else { format!("id-{i}") }).collect();
+        let mut batch = Batch::new(Layout::Columns, 16);
+        let mut dictionary: Vec<String> = Vec::new();
+        let position = Position { watermark: 1, count: 0, hash: ContentHash::default(), key: Vec::new() };
+        for chunk in ids.chunks(16) {
+            let mut expected = TradeColumns::default();
+            for (i, id) in chunk.iter().enumerate() {
+                let mut trade = random_trade(&mut rng, tickers[(i * 3 + id.len()) % tickers.len()], id);
+                trade.taker_side = [-1, 0, 1, 2][i % 4];
+                batch.push(&trade, &[]);
+                let index = match dictionary.iter().position(|t| t == trade.ticker) {
+                    Some(i) => i as u32,
+                    None => {
+                        dictionary.push(trade.ticker.to_owned());
+                        expected.new_market_tickers.push(trade.ticker.to_owned());
+                        dictionary.len() as u32 - 1
+                    }
+                };
+                expected.market_index.push(index);
+                expected.time_micros.push(trade.micros);
+                expected.yes_price_micros.push(trade.yes_price_micros);
+                expected.count_centi.push(trade.count_centi);
+                expected.taker_side.push(trade.taker_side);
+                expected.trade_id.push(id.clone());
+                expected.ingest_seq.push(trade.ingest_seq);
+            }
+            let message = batch.take(&position, [0; 8]);
+            let Some(Payload::Columns(columns)) = &message.payload else { panic!("{message:?}") };
+            let bytes = columns.encode_to_vec();
+            assert_eq!(bytes, expected.encode_to_vec(), "the wire form of the generated message");
+            assert_eq!(TradeColumns::decode(bytes.as_slice()).expect("decodes"), expected);
+        }
+        let empty = batch.take(&position, [0; 8]);
+        let Some(Payload::Columns(columns)) = &empty.payload else { panic!("{empty:?}") };
+        assert!(columns.encode_to_vec().is_empty(), "an empty batch encodes to nothing, as prost's does");
     }
 }
