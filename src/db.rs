@@ -11,8 +11,8 @@ use std::{
     time::Duration,
 };
 
-use bb8_postgres::PostgresConnectionManager;
-use tokio_postgres::{Client, Config, NoTls, Statement, config::Host, types::Type};
+use tokio::sync::mpsc;
+use tokio_postgres::{AsyncMessage, Client, Config, NoTls, Statement, config::Host, types::Type};
 
 use crate::{config::DbArgs, error::Error, pg::PrivatePostgres};
 
@@ -86,7 +86,7 @@ impl Database {
     pub async fn pool(&self, size: u32, timeout: Duration) -> Result<Pool, Error> {
         // prove the database is reachable first: bb8 would otherwise retry quietly until the first request
         drop(self.connect(timeout).await?);
-        let manager = Manager(PostgresConnectionManager::new(self.config.clone(), NoTls));
+        let manager = Manager { config: self.config.clone() };
         bb8::Pool::builder()
             .max_size(size)
             .connection_timeout(timeout)
@@ -107,24 +107,50 @@ impl Database {
     }
 }
 
-/// Makes the pool's connections: bb8-postgres's, each with its own cache of prepared statements.
+/// Makes the pool's connections, each with its own cache of prepared statements and a signal of the
+/// notifications (LISTEN) it receives.
 #[derive(Debug)]
-pub struct Manager(PostgresConnectionManager<NoTls>);
+pub struct Manager {
+    config: Config,
+}
 
 impl bb8::ManageConnection for Manager {
     type Connection = Conn;
     type Error = tokio_postgres::Error;
 
     async fn connect(&self) -> Result<Conn, Self::Error> {
-        Ok(Conn { client: self.0.connect().await?, statements: Mutex::default(), broken: AtomicBool::new(false) })
+        let (client, mut connection) = self.config.connect(NoTls).await?;
+        // capacity 1: a notification that finds one already pending adds nothing, the listener looks after it
+        let (notified, notifications) = mpsc::channel(1);
+        tokio::spawn(async move {
+            loop {
+                match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                    Some(Ok(AsyncMessage::Notification(_))) => {
+                        let _ = notified.try_send(());
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "database connection closed");
+                        break;
+                    }
+                    None => break,
+                }
+            }
+        });
+        Ok(Conn {
+            client,
+            statements: Mutex::default(),
+            broken: AtomicBool::new(false),
+            notifications: Some(notifications),
+        })
     }
 
     async fn is_valid(&self, conn: &mut Conn) -> Result<(), Self::Error> {
-        self.0.is_valid(&mut conn.client).await
+        conn.client.simple_query("").await.map(drop)
     }
 
     fn has_broken(&self, conn: &mut Conn) -> bool {
-        conn.broken.load(Ordering::Relaxed) || self.0.has_broken(&mut conn.client)
+        conn.broken.load(Ordering::Relaxed) || conn.client.is_closed()
     }
 }
 
@@ -140,12 +166,21 @@ pub struct Conn {
     /// Set when the session is in a state the next user must not inherit (e.g. a transaction that could not be
     /// rolled back): the pool then discards the connection instead of taking it back.
     broken: AtomicBool,
+    /// Receives a signal after notifications arrived (only a connection that LISTENs gets any); closed when the
+    /// connection is.
+    notifications: Option<mpsc::Receiver<()>>,
 }
 
 impl Conn {
     /// Makes the pool discard this connection when it is returned.
     pub fn discard(&self) {
         self.broken.store(true, Ordering::Relaxed);
+    }
+
+    /// The signal of this connection's notifications, for the one user that listens (see
+    /// [`Pool::dedicated_connection`](bb8::Pool::dedicated_connection)).
+    pub fn take_notifications(&mut self) -> Option<mpsc::Receiver<()>> {
+        self.notifications.take()
     }
 }
 

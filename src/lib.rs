@@ -19,6 +19,7 @@
 //! - [`error`] — the error enum and its single mapping to gRPC status codes.
 //! - [`db`] — where the database is, connecting, the connection pool.
 //! - [`pg`] — the private PostgreSQL cluster used when DATABASE_URL is unset.
+//! - [`cache`] — the cache of reference lookups by key, kept coherent by LISTEN/NOTIFY on reference writes.
 //! - [`coverage`] — per-market, per-UTC-day data counts kept at write time, and GetCoverage's answer.
 //! - [`migrate`] — the embedded SQL migrations (migrations/) and their runner.
 //! - [`partitions`] — daily partitions of the fact tables, on demand and ahead of time.
@@ -30,6 +31,7 @@
 pub mod app;
 pub mod bench;
 pub mod bench_replay;
+pub mod cache;
 pub mod config;
 pub mod copy;
 pub mod coverage;

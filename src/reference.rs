@@ -14,6 +14,7 @@ use tokio_postgres::{
 use tonic::{Request, Response, Status};
 
 use crate::{
+    cache::{ReferenceCache, View},
     coverage,
     db::{Conn, Pool, Prepare},
     error::Error,
@@ -49,12 +50,14 @@ type RowMap<T> = fn(&Row) -> Result<T, tokio_postgres::Error>;
 #[derive(Debug, Clone)]
 pub struct ReferenceApi {
     pool: Pool,
+    /// Lookups by key; served only while its listener listens (see [`crate::cache`]).
+    cache: ReferenceCache,
 }
 
 impl ReferenceApi {
-    /// A service reading from `pool`.
-    pub fn new(pool: Pool) -> Self {
-        Self { pool }
+    /// A service reading from `pool`, keeping lookups by key in `cache`.
+    pub fn new(pool: Pool, cache: ReferenceCache) -> Self {
+        Self { pool, cache }
     }
 
     /// Runs one query and maps its rows.
@@ -78,10 +81,25 @@ impl ReferenceApi {
         Ok(page.split(rows, key))
     }
 
-    /// The one row of a Get, or NOT_FOUND naming the ticker.
-    async fn one<T>(&self, query: Query, ticker: &str, kind: &'static str, map: RowMap<T>) -> Result<T, Error> {
+    /// The one row of a Get, or NOT_FOUND naming the ticker (which is not cached: it would have to be forgotten
+    /// when the row arrives, as surely as a change is).
+    async fn one<T: Clone>(
+        &self,
+        cached: View<'_, String, T>,
+        query: Query,
+        ticker: &str,
+        kind: &'static str,
+        map: RowMap<T>,
+    ) -> Result<T, Error> {
+        let key = ticker.to_owned();
+        if let Some(hit) = cached.get(&key) {
+            return Ok(hit);
+        }
+        let ticket = self.cache.ticket();
         let conn = self.pool.get().await?;
-        first(query.run(&conn).await?, ticker, kind, map)
+        let found = first(query.run(&conn).await?, ticker, kind, map)?;
+        cached.put(ticket, key, found.clone());
+        Ok(found)
     }
 }
 
@@ -109,7 +127,7 @@ impl ReferenceService for ReferenceApi {
     async fn get_series(&self, request: Request<GetSeriesRequest>) -> Result<Response<GetSeriesResponse>, Status> {
         let ticker = &request.get_ref().ticker;
         let query = by_ticker(format!("SELECT {SERIES_COLUMNS} FROM series"), "ticker", ticker, "ticker")?;
-        let series = self.one(query, ticker, "series ticker", series_from_row).await?;
+        let series = self.one(self.cache.series(), query, ticker, "series ticker", series_from_row).await?;
         Ok(Response::new(GetSeriesResponse { series: Some(series) }))
     }
 
@@ -135,6 +153,11 @@ impl ReferenceService for ReferenceApi {
         let ticker = &req.event_ticker;
         let event_query =
             by_ticker(format!("SELECT {EVENT_COLUMNS} FROM events"), "event_ticker", ticker, "event_ticker")?;
+        let key = (ticker.clone(), req.include_markets);
+        if let Some(hit) = self.cache.events().get(&key) {
+            return Ok(Response::new(hit));
+        }
+        let ticket = self.cache.ticket();
         let conn = self.pool.get().await.map_err(Error::from)?;
         // the event and its markets in one round trip: both statements are sent before either answer is read
         let markets_query = async {
@@ -149,7 +172,9 @@ impl ReferenceService for ReferenceApi {
         let (event_rows, market_rows) = tokio::try_join!(event_query.run(&conn), markets_query)?;
         let event = first(event_rows, ticker, "event ticker", event_from_row)?;
         let markets = market_rows.iter().map(market_from_row).collect::<Result<_, _>>().map_err(Error::from)?;
-        Ok(Response::new(GetEventResponse { event: Some(event), markets }))
+        let response = GetEventResponse { event: Some(event), markets };
+        self.cache.events().put(ticket, key, response.clone());
+        Ok(Response::new(response))
     }
 
     #[tracing::instrument(skip_all)]
@@ -192,7 +217,7 @@ impl ReferenceService for ReferenceApi {
     async fn get_market(&self, request: Request<GetMarketRequest>) -> Result<Response<GetMarketResponse>, Status> {
         let ticker = &request.get_ref().ticker;
         let query = by_ticker(format!("SELECT {MARKET_COLUMNS} FROM markets"), "ticker", ticker, "ticker")?;
-        let market = self.one(query, ticker, "market ticker", market_from_row).await?;
+        let market = self.one(self.cache.markets(), query, ticker, "market ticker", market_from_row).await?;
         Ok(Response::new(GetMarketResponse { market: Some(market) }))
     }
 
@@ -236,7 +261,8 @@ impl ReferenceService for ReferenceApi {
         let ticker = &request.get_ref().market_ticker;
         let select = format!("SELECT {SETTLEMENT_COLUMNS} FROM settlements");
         let query = by_ticker(select, "market_ticker", ticker, "market_ticker")?;
-        let settlement = self.one(query, ticker, "settlement for market ticker", settlement_from_row).await?;
+        let kind = "settlement for market ticker";
+        let settlement = self.one(self.cache.settlements(), query, ticker, kind, settlement_from_row).await?;
         Ok(Response::new(GetSettlementResponse { settlement: Some(settlement) }))
     }
 

@@ -1,5 +1,5 @@
 //! The gRPC server: the three services, health per service, reflection (v1 and v1alpha), and the background tasks
-//! that live as long as it does. `run` takes a bound listener and a shutdown future, so tests bind port 0 and own
+//! that live as long as it does (health watcher, partition maintenance, the reference cache's listener). `run` takes a bound listener and a shutdown future, so tests bind port 0 and own
 //! the shutdown.
 
 use std::{future::Future, time::Duration};
@@ -9,6 +9,7 @@ use tonic::{server::NamedService, transport::Server, transport::server::TcpIncom
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
+    cache::ReferenceCache,
     db::Pool,
     error::Error,
     partitions,
@@ -68,9 +69,11 @@ pub async fn run(
     for name in SERVICE_NAMES {
         reporter.set_service_status(name, ServingStatus::Serving).await;
     }
+    let cache = ReferenceCache::default();
     let background = [
         tokio::spawn(watch_database(pool.clone(), reporter, options.health_interval)),
         tokio::spawn(partitions::maintain(pool.clone(), options.partitions_ahead)),
+        tokio::spawn(cache.clone().listen(pool.clone())),
     ];
     let local = listener.local_addr().map_err(|e| Error::io("read listener address", e))?;
     tracing::info!(%local, "serving grpc");
@@ -79,7 +82,7 @@ pub async fn run(
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(ReferenceServiceServer::new(ReferenceApi::new(pool.clone())))
+        .add_service(ReferenceServiceServer::new(ReferenceApi::new(pool.clone(), cache)))
         .add_service(ReplayServiceServer::new(ReplayApi::new(pool.clone())))
         .add_service(IngestServiceServer::new(IngestApi::new(pool)))
         .serve_with_incoming_shutdown(incoming, shutdown)

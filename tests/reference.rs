@@ -538,3 +538,134 @@ async fn get_coverage_over_grpc_reports_days_counts_and_gaps() {
     };
     assert_invalid(c.get_coverage(inverted).await.expect_err("inverted"), "end_time");
 }
+
+/// The backend of the server's reference cache listener, once it listens.
+async fn listener_pid(admin: &tokio_postgres::Client, database: &str) -> i32 {
+    let started = std::time::Instant::now();
+    loop {
+        let row = admin
+            .query_opt(
+                "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND application_name = $2
+                    AND query LIKE '%LISTEN%' AND state = 'idle'",
+                &[&database, &kalshi_replay::cache::LISTENER_NAME],
+            )
+            .await
+            .expect("pg_stat_activity");
+        if let Some(row) = row {
+            return row.get(0);
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "the cache listener never listened");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Calls `get` until `done` holds for its answer; fails when it does not within two seconds.
+async fn eventually<T: std::fmt::Debug, F: Future<Output = T>>(mut get: impl FnMut() -> F, done: impl Fn(&T) -> bool) {
+    let started = std::time::Instant::now();
+    loop {
+        let answer = get().await;
+        if done(&answer) {
+            return;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(2), "still {answer:?} after two seconds");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+async fn market_title(client: &Client, ticker: &str) -> Result<String, Code> {
+    let answer = client.clone().get_market(GetMarketRequest { ticker: ticker.into() }).await;
+    answer.map(|r| r.into_inner().market.expect("set").title).map_err(|s| s.code())
+}
+
+#[tokio::test]
+async fn lookups_by_key_are_cached_and_follow_every_committed_change() {
+    let (app, client) = fixture().await;
+    let db = app.db.client().await;
+    listener_pid(&app.db.admin().await, &app.db.name).await;
+    let market = "KXBTC-26JAN05-T100000";
+    let event = || {
+        let mut client = client.clone();
+        async move {
+            let request = GetEventRequest { event_ticker: "KXBTC-26JAN05".into(), include_markets: true };
+            let event = client.get_event(request).await.expect("event").into_inner();
+            (event.event.expect("set").title, event.markets.iter().map(|m| m.title.clone()).collect::<Vec<_>>())
+        }
+    };
+    let series = || {
+        let mut client = client.clone();
+        async move { client.get_series(GetSeriesRequest { ticker: "KXBTC".into() }).await.map(|r| r.into_inner()) }
+    };
+    let settlement = || {
+        let mut client = client.clone();
+        async move {
+            let request = GetSettlementRequest { market_ticker: market.into() };
+            client.get_settlement(request).await.expect("settlement").into_inner().settlement.expect("set")
+        }
+    };
+    assert_eq!(market_title(&client, market).await, Ok(String::new()));
+    let (first_event, _) = event().await;
+    series().await.expect("series");
+    settlement().await;
+
+    // served from the cache: the database could not answer while another transaction locks the tables
+    let locker = app.db.client().await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE series, events, markets, settlements IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("lock");
+    let cached = async {
+        assert_eq!(market_title(&client, market).await, Ok(String::new()));
+        assert_eq!(event().await.0, first_event);
+        series().await.expect("series");
+        settlement().await;
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(2), cached).await.expect("cached lookups need no database");
+    let mut uncached = tonic::Request::new(GetMarketRequest { ticker: "KXETH-26JAN05-T3500".into() });
+    uncached.set_timeout(std::time::Duration::from_millis(300));
+    let status = client.clone().get_market(uncached).await.expect_err("the lock holds the database");
+    // the client's own timer may fire first (CANCELLED) or the server's (DEADLINE_EXCEEDED)
+    assert!(matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled), "{status:?}");
+    locker.batch_execute("ROLLBACK").await.expect("unlock");
+
+    // a rolled-back change is never seen; committed changes of every table are, by every lookup they touch
+    db.batch_execute("BEGIN; UPDATE markets SET title = 'rolled back'; ROLLBACK").await.expect("rollback");
+    db.batch_execute(&format!(
+        "UPDATE markets SET title = 'changed' WHERE ticker = '{market}';
+         UPDATE series SET title = 'Bitcoin, changed' WHERE ticker = 'KXBTC';
+         UPDATE settlements SET settlement_value_micros = 1 WHERE market_ticker = '{market}';"
+    ))
+    .await
+    .expect("update");
+    eventually(|| market_title(&client, market), |t| t.as_deref() == Ok("changed")).await;
+    eventually(event, |(_, markets)| markets.contains(&"changed".to_owned())).await;
+    eventually(series, |s| s.as_ref().is_ok_and(|s| s.series.as_ref().expect("set").title == "Bitcoin, changed")).await;
+    eventually(settlement, |s| s.settlement_value_micros == 1).await;
+    db.batch_execute(&format!("DELETE FROM markets WHERE ticker = '{market}'")).await.expect("delete");
+    eventually(|| market_title(&client, market), |t| *t == Err(Code::NotFound)).await;
+    db.batch_execute("TRUNCATE series").await.expect("truncate");
+    eventually(series, |s| s.as_ref().is_err_and(|s| s.code() == Code::NotFound)).await;
+}
+
+#[tokio::test]
+async fn a_lost_listener_turns_the_cache_off_until_it_listens_again() {
+    let (app, client) = fixture().await;
+    let db = app.db.client().await;
+    let admin = app.db.admin().await;
+    let market = "KXETH-26JAN05-T3500";
+    let first = listener_pid(&admin, &app.db.name).await;
+    assert_eq!(market_title(&client, market).await, Ok(String::new()));
+
+    // the listener's connection dies: a change made before it listens again is seen all the same
+    admin.query_one("SELECT pg_terminate_backend($1)", &[&first]).await.expect("terminate");
+    db.batch_execute(&format!("UPDATE markets SET title = 'while deaf' WHERE ticker = '{market}'"))
+        .await
+        .expect("update");
+    eventually(|| market_title(&client, market), |t| t.as_deref() == Ok("while deaf")).await;
+
+    // it listens again on a new connection, and the cache follows changes as before
+    let second = listener_pid(&admin, &app.db.name).await;
+    assert_ne!(first, second);
+    assert_eq!(market_title(&client, market).await, Ok("while deaf".to_owned()));
+    db.batch_execute(&format!("UPDATE markets SET title = 'heard' WHERE ticker = '{market}'")).await.expect("update");
+    eventually(|| market_title(&client, market), |t| t.as_deref() == Ok("heard")).await;
+}
