@@ -81,8 +81,8 @@ impl ReferenceApi {
         Ok(page.split(rows, key))
     }
 
-    /// The one row of a Get, or NOT_FOUND naming the ticker (which is not cached: it would have to be forgotten
-    /// when the row arrives, as surely as a change is).
+    /// The one row of a Get, from the cache or the database, or NOT_FOUND naming the ticker. NOT_FOUND is not
+    /// cached: misses would fill the shelves with names of nothing, and a row that arrives is then seen at once.
     async fn one<T: Clone>(
         &self,
         cached: View<'_, String, T>,
