@@ -4,6 +4,8 @@
 //! every row that existed throughout exactly once, whatever is inserted meanwhile, and no page costs more than
 //! the first. The SQL of a list is built from the filters that are set, so the planner sees plain predicates.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use prost::Message;
 use rust_decimal::Decimal;
@@ -100,6 +102,33 @@ impl ReferenceApi {
         let found = first(query.run(&conn).await?, ticker, kind, map)?;
         cached.put(ticket, key, found.clone());
         Ok(found)
+    }
+}
+
+impl ReferenceApi {
+    /// The markets of `tickers`, in that order: from the cache, and those it lacks in one query (and then cached).
+    /// A market deleted since its ticker was read is left out, as a page read a moment later would.
+    async fn markets_by_ticker(&self, tickers: Vec<String>) -> Result<Vec<Market>, Error> {
+        let cached = self.cache.markets();
+        let mut markets: Vec<Option<Market>> = tickers.iter().map(|t| cached.get(t)).collect();
+        let missing: Vec<String> =
+            tickers.iter().zip(&markets).filter(|(_, m)| m.is_none()).map(|(t, _)| t.clone()).collect();
+        if !missing.is_empty() {
+            let ticket = self.cache.ticket();
+            let mut query = Query::new(format!("SELECT {MARKET_COLUMNS} FROM markets"));
+            query.filter("ticker = ANY({})", missing, Type::TEXT_ARRAY);
+            let mut found: HashMap<String, Market> =
+                self.rows(&query, market_from_row).await?.into_iter().map(|m| (m.ticker.clone(), m)).collect();
+            for (ticker, market) in tickers.iter().zip(&mut markets) {
+                if market.is_none()
+                    && let Some(row) = found.remove(ticker)
+                {
+                    cached.put(ticket, ticker.clone(), row.clone());
+                    *market = Some(row);
+                }
+            }
+        }
+        Ok(markets.into_iter().flatten().collect())
     }
 }
 
@@ -231,7 +260,11 @@ impl ReferenceService for ReferenceApi {
         let status = market_status(req.status, "status")?;
         let (start, end) =
             time::optional_range(req.window_start.as_ref(), req.window_end.as_ref(), "window_start", "window_end")?;
-        let mut query = Query::new(format!("SELECT {MARKET_COLUMNS} FROM markets"));
+        // with the cache on, the page's tickers are read (an index scan of one column) and its rows come from
+        // the cache, so that the database sends only the rows it does not hold
+        let cached = self.cache.ticket().is_some();
+        let columns = if cached { "ticker" } else { MARKET_COLUMNS };
+        let mut query = Query::new(format!("SELECT {columns} FROM markets"));
         if !req.event_ticker.is_empty() {
             query.filter("event_ticker = {}", req.event_ticker.clone(), Type::TEXT);
         }
@@ -248,8 +281,13 @@ impl ReferenceService for ReferenceApi {
         if let Some(start) = start {
             query.filter("close_time >= {}", start, Type::TIMESTAMPTZ);
         }
-        let (markets, next_page_token) =
-            self.page(page, query, "ticker", market_from_row, |m| m.ticker.as_bytes()).await?;
+        let (markets, next_page_token) = if cached {
+            let (tickers, next_page_token) =
+                self.page(page, query, "ticker", |row| row.try_get(0), |t: &String| t.as_bytes()).await?;
+            (self.markets_by_ticker(tickers).await?, next_page_token)
+        } else {
+            self.page(page, query, "ticker", market_from_row, |m| m.ticker.as_bytes()).await?
+        };
         Ok(Response::new(ListMarketsResponse { markets, next_page_token }))
     }
 

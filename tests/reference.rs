@@ -603,6 +603,22 @@ async fn lookups_by_key_are_cached_and_follow_every_committed_change() {
         }
     };
     assert_eq!(market_title(&client, market).await, Ok(String::new()));
+    // a page with the cache on: one market cached by the Get above, the other read and cached now; both exactly
+    // the rows a Get returns
+    let list = || {
+        let mut client = client.clone();
+        async move {
+            let request = ListMarketsRequest { event_ticker: "KXBTC-26JAN05".into(), ..Default::default() };
+            client.list_markets(request).await.expect("list").into_inner().markets
+        }
+    };
+    let page = list().await;
+    assert_eq!(page.len(), 2);
+    for listed in &page {
+        let got = client.clone().get_market(GetMarketRequest { ticker: listed.ticker.clone() }).await.expect("get");
+        assert_eq!(Some(listed), got.into_inner().market.as_ref());
+    }
+    assert_eq!(list().await, page, "the same page again, now all from the cache");
     let (first_event, _) = event().await;
     series().await.expect("series");
     settlement().await;
@@ -637,11 +653,13 @@ async fn lookups_by_key_are_cached_and_follow_every_committed_change() {
     .await
     .expect("update");
     eventually(|| market_title(&client, market), |t| t.as_deref() == Ok("changed")).await;
+    eventually(list, |page| page.iter().any(|m| m.title == "changed")).await;
     eventually(event, |(_, markets)| markets.contains(&"changed".to_owned())).await;
     eventually(series, |s| s.as_ref().is_ok_and(|s| s.series.as_ref().expect("set").title == "Bitcoin, changed")).await;
     eventually(settlement, |s| s.settlement_value_micros == 1).await;
     db.batch_execute(&format!("DELETE FROM markets WHERE ticker = '{market}'")).await.expect("delete");
     eventually(|| market_title(&client, market), |t| *t == Err(Code::NotFound)).await;
+    eventually(list, |page| page.len() == 1).await;
     db.batch_execute("TRUNCATE series").await.expect("truncate");
     eventually(series, |s| s.as_ref().is_err_and(|s| s.code() == Code::NotFound)).await;
 }
