@@ -147,6 +147,18 @@ impl<K: Hash + Eq, V: Clone> View<'_, K, V> {
         self.shelf.entries.lock().unwrap_or_else(PoisonError::into_inner).get(key).cloned()
     }
 
+    /// The cached answer for `key`, or `fetch`'s (stored under a ticket taken before `fetch` starts). An error
+    /// is passed on and not stored.
+    pub async fn through<E>(&self, key: K, fetch: impl Future<Output = Result<V, E>>) -> Result<V, E> {
+        if let Some(hit) = self.get(&key) {
+            return Ok(hit);
+        }
+        let ticket = self.cache.ticket();
+        let value = fetch.await?;
+        self.put(ticket, key, value.clone());
+        Ok(value)
+    }
+
     /// Stores an answer read from the database after `ticket` was taken, unless the ticket went stale meanwhile.
     pub fn put(&self, ticket: Option<Ticket>, key: K, value: V) {
         let Some(ticket) = ticket else { return };

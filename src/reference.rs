@@ -16,7 +16,7 @@ use tokio_postgres::{
 use tonic::{Request, Response, Status};
 
 use crate::{
-    cache::{ReferenceCache, View},
+    cache::ReferenceCache,
     coverage,
     db::{Conn, Pool, Prepare},
     error::Error,
@@ -83,29 +83,12 @@ impl ReferenceApi {
         Ok(page.split(rows, key))
     }
 
-    /// The one row of a Get, from the cache or the database, or NOT_FOUND naming the ticker. NOT_FOUND is not
-    /// cached: misses would fill the shelves with names of nothing, and a row that arrives is then seen at once.
-    async fn one<T: Clone>(
-        &self,
-        cached: View<'_, String, T>,
-        query: Query,
-        ticker: &str,
-        kind: &'static str,
-        map: RowMap<T>,
-    ) -> Result<T, Error> {
-        let key = ticker.to_owned();
-        if let Some(hit) = cached.get(&key) {
-            return Ok(hit);
-        }
-        let ticket = self.cache.ticket();
+    /// The one row of a Get, or NOT_FOUND naming the ticker.
+    async fn one<T>(&self, query: Query, ticker: &str, kind: &'static str, map: RowMap<T>) -> Result<T, Error> {
         let conn = self.pool.get().await?;
-        let found = first(query.run(&conn).await?, ticker, kind, map)?;
-        cached.put(ticket, key, found.clone());
-        Ok(found)
+        first(query.run(&conn).await?, ticker, kind, map)
     }
-}
 
-impl ReferenceApi {
     /// The markets of `tickers`, in that order: from the cache, and those it lacks in one query (and then cached).
     /// A market deleted since its ticker was read is left out, as a page read a moment later would.
     async fn markets_by_ticker(&self, tickers: Vec<String>) -> Result<Vec<Market>, Error> {
@@ -154,9 +137,16 @@ fn by_ticker(select: String, column: &str, ticker: &str, field: &str) -> Result<
 impl ReferenceService for ReferenceApi {
     #[tracing::instrument(skip_all, fields(ticker = %request.get_ref().ticker))]
     async fn get_series(&self, request: Request<GetSeriesRequest>) -> Result<Response<GetSeriesResponse>, Status> {
+        // a cached answer is served without building the query; NOT_FOUND (and any error) is never cached
         let ticker = &request.get_ref().ticker;
-        let query = by_ticker(format!("SELECT {SERIES_COLUMNS} FROM series"), "ticker", ticker, "ticker")?;
-        let series = self.one(self.cache.series(), query, ticker, "series ticker", series_from_row).await?;
+        let series = self
+            .cache
+            .series()
+            .through(ticker.clone(), async {
+                let query = by_ticker(format!("SELECT {SERIES_COLUMNS} FROM series"), "ticker", ticker, "ticker")?;
+                self.one(query, ticker, "series ticker", series_from_row).await
+            })
+            .await?;
         Ok(Response::new(GetSeriesResponse { series: Some(series) }))
     }
 
@@ -180,29 +170,29 @@ impl ReferenceService for ReferenceApi {
     async fn get_event(&self, request: Request<GetEventRequest>) -> Result<Response<GetEventResponse>, Status> {
         let req = request.into_inner();
         let ticker = &req.event_ticker;
-        let event_query =
-            by_ticker(format!("SELECT {EVENT_COLUMNS} FROM events"), "event_ticker", ticker, "event_ticker")?;
-        let key = (ticker.clone(), req.include_markets);
-        if let Some(hit) = self.cache.events().get(&key) {
-            return Ok(Response::new(hit));
-        }
-        let ticket = self.cache.ticket();
-        let conn = self.pool.get().await.map_err(Error::from)?;
-        // the event and its markets in one round trip: both statements are sent before either answer is read
-        let markets_query = async {
-            if !req.include_markets {
-                return Ok(Vec::new());
-            }
-            let mut query = Query::new(format!("SELECT {MARKET_COLUMNS} FROM markets"));
-            query.filter("event_ticker = {}", ticker.clone(), Type::TEXT);
-            query.sql.push_str(" ORDER BY ticker");
-            query.run(&conn).await
-        };
-        let (event_rows, market_rows) = tokio::try_join!(event_query.run(&conn), markets_query)?;
-        let event = first(event_rows, ticker, "event ticker", event_from_row)?;
-        let markets = market_rows.iter().map(market_from_row).collect::<Result<_, _>>().map_err(Error::from)?;
-        let response = GetEventResponse { event: Some(event), markets };
-        self.cache.events().put(ticket, key, response.clone());
+        let response = self
+            .cache
+            .events()
+            .through((ticker.clone(), req.include_markets), async {
+                let event_query =
+                    by_ticker(format!("SELECT {EVENT_COLUMNS} FROM events"), "event_ticker", ticker, "event_ticker")?;
+                let conn = self.pool.get().await.map_err(Error::from)?;
+                // the event and its markets in one round trip: both statements are sent before either answer is read
+                let markets_query = async {
+                    if !req.include_markets {
+                        return Ok(Vec::new());
+                    }
+                    let mut query = Query::new(format!("SELECT {MARKET_COLUMNS} FROM markets"));
+                    query.filter("event_ticker = {}", ticker.clone(), Type::TEXT);
+                    query.sql.push_str(" ORDER BY ticker");
+                    query.run(&conn).await
+                };
+                let (event_rows, market_rows) = tokio::try_join!(event_query.run(&conn), markets_query)?;
+                let event = first(event_rows, ticker, "event ticker", event_from_row)?;
+                let markets = market_rows.iter().map(market_from_row).collect::<Result<_, _>>().map_err(Error::from)?;
+                Ok::<_, Error>(GetEventResponse { event: Some(event), markets })
+            })
+            .await?;
         Ok(Response::new(response))
     }
 
@@ -245,8 +235,14 @@ impl ReferenceService for ReferenceApi {
     #[tracing::instrument(skip_all, fields(ticker = %request.get_ref().ticker))]
     async fn get_market(&self, request: Request<GetMarketRequest>) -> Result<Response<GetMarketResponse>, Status> {
         let ticker = &request.get_ref().ticker;
-        let query = by_ticker(format!("SELECT {MARKET_COLUMNS} FROM markets"), "ticker", ticker, "ticker")?;
-        let market = self.one(self.cache.markets(), query, ticker, "market ticker", market_from_row).await?;
+        let market = self
+            .cache
+            .markets()
+            .through(ticker.clone(), async {
+                let query = by_ticker(format!("SELECT {MARKET_COLUMNS} FROM markets"), "ticker", ticker, "ticker")?;
+                self.one(query, ticker, "market ticker", market_from_row).await
+            })
+            .await?;
         Ok(Response::new(GetMarketResponse { market: Some(market) }))
     }
 
@@ -297,10 +293,15 @@ impl ReferenceService for ReferenceApi {
         request: Request<GetSettlementRequest>,
     ) -> Result<Response<GetSettlementResponse>, Status> {
         let ticker = &request.get_ref().market_ticker;
-        let select = format!("SELECT {SETTLEMENT_COLUMNS} FROM settlements");
-        let query = by_ticker(select, "market_ticker", ticker, "market_ticker")?;
-        let kind = "settlement for market ticker";
-        let settlement = self.one(self.cache.settlements(), query, ticker, kind, settlement_from_row).await?;
+        let settlement = self
+            .cache
+            .settlements()
+            .through(ticker.clone(), async {
+                let select = format!("SELECT {SETTLEMENT_COLUMNS} FROM settlements");
+                let query = by_ticker(select, "market_ticker", ticker, "market_ticker")?;
+                self.one(query, ticker, "settlement for market ticker", settlement_from_row).await
+            })
+            .await?;
         Ok(Response::new(GetSettlementResponse { settlement: Some(settlement) }))
     }
 
