@@ -5,7 +5,10 @@
 //! a few rows per market instead of counting partitions. One round trip answers the whole request; totals, first
 //! and last trade and gaps are folded in Rust from each market's days.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
 use tokio_postgres::{
@@ -14,7 +17,8 @@ use tokio_postgres::{
 };
 
 use crate::{
-    db::Prepare,
+    cache::ReferenceCache,
+    db::{Pool, Prepare},
     error::Error,
     proto::{CoverageGap, DayCoverage, GetCoverageRequest, MarketCoverage},
     time,
@@ -80,6 +84,51 @@ pub async fn coverage(
     end: Option<DateTime<Utc>>,
 ) -> Result<Vec<MarketCoverage>, Error> {
     let range = DayRange::widen(start, end);
+    let mut days = read_days(conn, tickers, range).await?;
+    Ok(tickers.iter().zip(&mut days).map(|(ticker, days)| market_coverage(ticker, days, range)).collect())
+}
+
+/// As [`coverage`], with each market's days from `cache` where it holds them. The markets it lacks are read
+/// with all their days (one round trip for all of them, on a connection taken only then) and stored, so that
+/// the next request cuts any range out of them without the database.
+pub async fn cached_coverage(
+    pool: &Pool,
+    cache: &ReferenceCache,
+    tickers: &[String],
+    start: Option<DateTime<Utc>>,
+    end: Option<DateTime<Utc>>,
+) -> Result<Vec<MarketCoverage>, Error> {
+    let range = DayRange::widen(start, end);
+    let shelf = cache.coverage();
+    let mut found: Vec<Option<Arc<[Day]>>> = tickers.iter().map(|t| shelf.get(t)).collect();
+    let missing: Vec<String> =
+        tickers.iter().zip(&found).filter(|(_, days)| days.is_none()).map(|(t, _)| t.clone()).collect();
+    if !missing.is_empty() {
+        let ticket = cache.ticket();
+        // all days when they will be kept; only the range's while the cache is off
+        let read_range = if ticket.is_some() { DayRange::default() } else { range };
+        let conn = pool.get().await?;
+        let read = read_days(&*conn, &missing, read_range).await?;
+        drop(conn);
+        let mut read = missing.into_iter().zip(read).map(|(ticker, days)| {
+            let days: Arc<[Day]> = days.into();
+            shelf.put(ticket, ticker, Arc::clone(&days));
+            days
+        });
+        for slot in found.iter_mut().filter(|days| days.is_none()) {
+            *slot = read.next();
+        }
+    }
+    Ok(tickers
+        .iter()
+        .zip(found)
+        .map(|(ticker, days)| market_coverage(ticker, range.cut(days.as_deref().unwrap_or_default()), range))
+        .collect())
+}
+
+/// Each of `tickers`' days in `range`, ascending, in the order of `tickers`; NOT_FOUND names the tickers that
+/// are not markets.
+async fn read_days(conn: &impl Prepare, tickers: &[String], range: DayRange) -> Result<Vec<Vec<Day>>, Error> {
     // Two statements, sent together on the connection: one round trip, and each plans as a single-table query,
     // which measured cheaper than one statement joining both.
     let (days_statement, known_statement) = tokio::try_join!(
@@ -107,18 +156,14 @@ pub async fn coverage(
         }
     }
     tracing::debug!(markets = tickers.len(), days = day_rows.len(), "read coverage");
-    Ok(tickers
-        .iter()
-        .zip(&mut days)
-        .map(|(ticker, days)| {
-            days.sort_unstable_by_key(|d| d.day);
-            market_coverage(ticker, days, range)
-        })
-        .collect())
+    for days in &mut days {
+        days.sort_unstable_by_key(|d| d.day);
+    }
+    Ok(days)
 }
 
 /// A range widened to whole UTC days: `start` inclusive, `end` exclusive; `None` is open.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct DayRange {
     start: Option<NaiveDate>,
     end: Option<NaiveDate>,
@@ -133,17 +178,24 @@ impl DayRange {
         });
         Self { start: start.map(|start| start.date_naive()), end }
     }
+
+    /// The days of `days` (ascending) inside this range.
+    fn cut(self, days: &[Day]) -> &[Day] {
+        let from = self.start.map_or(0, |start| days.partition_point(|d| d.day < start));
+        let to = self.end.map_or(days.len(), |end| days.partition_point(|d| d.day < end));
+        &days[from..to.max(from)]
+    }
 }
 
 /// One day of a market in `coverage_daily`.
-#[derive(Debug, Clone)]
-struct Day {
-    day: NaiveDate,
-    trades: i64,
-    deltas: i64,
-    snapshots: i64,
-    first_trade: Option<DateTime<Utc>>,
-    last_trade: Option<DateTime<Utc>>,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Day {
+    pub(crate) day: NaiveDate,
+    pub(crate) trades: i64,
+    pub(crate) deltas: i64,
+    pub(crate) snapshots: i64,
+    pub(crate) first_trade: Option<DateTime<Utc>>,
+    pub(crate) last_trade: Option<DateTime<Utc>>,
 }
 
 /// Maps a row of [`SELECT_DAYS`] to its market and day. By position: this runs for every day of every requested
@@ -239,6 +291,20 @@ mod tests {
         let exact = DayRange::widen(Some(at("2026-01-03T00:00:00Z")), Some(at("2026-01-05T00:00:00Z")));
         assert_eq!(exact, range(Some(3), Some(5)));
         assert_eq!(DayRange::widen(None, None), range(None, None));
+    }
+
+    #[test]
+    fn a_range_cuts_its_days_out_of_all_of_them() {
+        let bare = |d| Day { day: day(d), trades: 1, deltas: 0, snapshots: 0, first_trade: None, last_trade: None };
+        let days: Vec<Day> = [2, 3, 5, 9].into_iter().map(bare).collect();
+        let cut = |start, end| range(start, end).cut(&days).iter().map(|d| d.day).collect::<Vec<_>>();
+        assert_eq!(cut(None, None), [day(2), day(3), day(5), day(9)]);
+        assert_eq!(cut(Some(3), Some(9)), [day(3), day(5)], "start inclusive, end exclusive");
+        assert_eq!(cut(Some(4), None), [day(5), day(9)]);
+        assert_eq!(cut(None, Some(3)), [day(2)]);
+        assert_eq!(cut(Some(6), Some(9)), [], "a range between days");
+        assert_eq!(cut(Some(10), None), [], "a range after the data");
+        assert!(range(Some(1), Some(5)).cut(&[]).is_empty());
     }
 
     #[test]

@@ -2,16 +2,16 @@
 //! the connection pool the services share.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap},
     ops::Deref,
     sync::{
-        Mutex, PoisonError,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
 };
 
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_postgres::{AsyncMessage, Client, Config, NoTls, Statement, config::Host, types::Type};
 
 use crate::{config::DbArgs, error::Error, pg::PrivatePostgres};
@@ -120,14 +120,12 @@ impl bb8::ManageConnection for Manager {
 
     async fn connect(&self) -> Result<Conn, Self::Error> {
         let (client, mut connection) = self.config.connect(NoTls).await?;
-        // capacity 1: a notification that finds one already pending adds nothing, the listener looks after it
-        let (notified, notifications) = mpsc::channel(1);
+        let notifications = Notifications::default();
+        let notified = notifications.clone();
         tokio::spawn(async move {
             loop {
                 match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-                    Some(Ok(AsyncMessage::Notification(_))) => {
-                        let _ = notified.try_send(());
-                    }
+                    Some(Ok(AsyncMessage::Notification(n))) => notified.push(n.channel()),
                     Some(Ok(_)) => {}
                     Some(Err(e)) => {
                         tracing::debug!(error = %e, "database connection closed");
@@ -136,6 +134,7 @@ impl bb8::ManageConnection for Manager {
                     None => break,
                 }
             }
+            notified.close();
         });
         Ok(Conn {
             client,
@@ -166,9 +165,9 @@ pub struct Conn {
     /// Set when the session is in a state the next user must not inherit (e.g. a transaction that could not be
     /// rolled back): the pool then discards the connection instead of taking it back.
     broken: AtomicBool,
-    /// Receives a signal after notifications arrived (only a connection that LISTENs gets any); closed when the
-    /// connection is.
-    notifications: Option<mpsc::Receiver<()>>,
+    /// The channels notified since the listener last looked (only a connection that LISTENs gets any); closed
+    /// when the connection is.
+    notifications: Option<Notifications>,
 }
 
 impl Conn {
@@ -177,10 +176,64 @@ impl Conn {
         self.broken.store(true, Ordering::Relaxed);
     }
 
-    /// The signal of this connection's notifications, for the one user that listens (see
+    /// This connection's notifications, for the one user that listens (see
     /// [`Pool::dedicated_connection`](bb8::Pool::dedicated_connection)).
-    pub fn take_notifications(&mut self) -> Option<mpsc::Receiver<()>> {
+    pub fn take_notifications(&mut self) -> Option<Notifications> {
         self.notifications.take()
+    }
+}
+
+/// The channels a connection was notified on and not yet told of. A set, not a queue: what the listener needs
+/// is which channels changed since it last looked, so a burst of notifications (one per writing statement)
+/// takes as little memory as one, and the channels stay apart.
+#[derive(Debug, Clone, Default)]
+pub struct Notifications {
+    shared: Arc<NotificationsShared>,
+}
+
+#[derive(Debug, Default)]
+struct NotificationsShared {
+    state: Mutex<Pending>,
+    /// Woken after each change of `state`; a wake-up with no waiter is kept for the next one.
+    changed: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    channels: BTreeSet<String>,
+    closed: bool,
+}
+
+impl Notifications {
+    fn push(&self, channel: &str) {
+        let mut state = self.shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if !state.channels.contains(channel) {
+            state.channels.insert(channel.to_owned());
+        }
+        drop(state);
+        self.shared.changed.notify_one();
+    }
+
+    fn close(&self) {
+        self.shared.state.lock().unwrap_or_else(PoisonError::into_inner).closed = true;
+        self.shared.changed.notify_one();
+    }
+
+    /// The channels notified since the last call, once there is at least one; None once the connection is
+    /// closed and every notification was taken.
+    pub async fn recv(&self) -> Option<BTreeSet<String>> {
+        loop {
+            {
+                let mut state = self.shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+                if !state.channels.is_empty() {
+                    return Some(std::mem::take(&mut state.channels));
+                }
+                if state.closed {
+                    return None;
+                }
+            }
+            self.shared.changed.notified().await;
+        }
     }
 }
 

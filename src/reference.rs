@@ -342,8 +342,7 @@ impl ReferenceService for ReferenceApi {
         request: Request<GetCoverageRequest>,
     ) -> Result<Response<GetCoverageResponse>, Status> {
         let (tickers, start, end) = coverage::validate(request.get_ref())?;
-        let conn = self.pool.get().await.map_err(Error::from)?;
-        let markets = coverage::coverage(&*conn, &tickers, start, end).await?;
+        let markets = coverage::cached_coverage(&self.pool, &self.cache, &tickers, start, end).await?;
         Ok(Response::new(GetCoverageResponse { markets }))
     }
 }

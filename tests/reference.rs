@@ -687,3 +687,122 @@ async fn a_lost_listener_turns_the_cache_off_until_it_listens_again() {
     db.batch_execute(&format!("UPDATE markets SET title = 'heard' WHERE ticker = '{market}'")).await.expect("update");
     eventually(|| market_title(&client, market), |t| t.as_deref() == Ok("heard")).await;
 }
+
+/// GetCoverage of `tickers` over [start, end), through the server.
+async fn coverage_over_grpc(
+    client: &Client,
+    tickers: &[&str],
+    start: Option<&str>,
+    end: Option<&str>,
+) -> Result<Vec<kalshi_replay::proto::MarketCoverage>, Code> {
+    let request = kalshi_replay::proto::GetCoverageRequest {
+        market_tickers: tickers.iter().map(|t| (*t).to_owned()).collect(),
+        start_time: start.and_then(at),
+        end_time: end.and_then(at),
+    };
+    client.clone().get_coverage(request).await.map(|r| r.into_inner().markets).map_err(|s| s.code())
+}
+
+#[tokio::test]
+async fn coverage_is_cached_cut_to_any_range_and_follows_every_committed_write() {
+    let (app, client) = fixture().await;
+    let db = app.db.client().await;
+    listener_pid(&app.db.admin().await, &app.db.name).await;
+    let parse = |s: &str| chrono::DateTime::parse_from_rfc3339(s).expect("time").to_utc();
+    kalshi_replay::partitions::ensure_range(&db, parse("2026-01-01T00:00:00Z"), parse("2026-01-10T00:00:00Z"))
+        .await
+        .expect("partitions");
+    db.batch_execute(
+        "INSERT INTO trades (ts, ticker, trade_id, yes_price_micros, count_centi, taker_side) VALUES
+           ('2026-01-02T23:00:00Z', 'KXBTC-26JAN05-T100000', 'a', 400000, 100, 1),
+           ('2026-01-04T01:00:00Z', 'KXBTC-26JAN05-T100000', 'b', 410000, 250, 2),
+           ('2026-01-04T21:59:59.999999Z', 'KXBTC-26JAN05-T100000', 'c', 990000, 100, 1),
+           ('2026-01-07T10:00:00Z', 'KXBTC-26JAN05-T100000', 'd', 990000, 100, 1),
+           ('2026-01-05T10:00:00Z', 'KXBTC-26JAN05-T99999.99', 'e', 10000, 100, 2)",
+    )
+    .await
+    .expect("trades");
+    let cached: [&str; 3] = ["KXBTC-26JAN05-T100000", "KXBTC-26JAN05-T99999.99", "KXETH-26JAN05-T3500"];
+    let ranges = [
+        (None, None),
+        (Some("2026-01-01T00:00:00Z"), Some("2026-01-10T00:00:00Z")),
+        (Some("2026-01-03T12:00:00Z"), Some("2026-01-05T00:00:00Z")),
+        (Some("2026-01-05T00:00:00Z"), None),
+        (None, Some("2026-01-04T00:00:00Z")),
+        (Some("2026-01-08T00:00:00Z"), Some("2026-01-09T00:00:00Z")),
+    ];
+    // the database's own answer for a range, read past the cache
+    let expected = |tickers: &[&str], start: Option<&str>, end: Option<&str>| {
+        let tickers: Vec<String> = tickers.iter().map(|t| (*t).to_owned()).collect();
+        let (start, end) = (start.map(parse), end.map(parse));
+        let db = &db;
+        async move { kalshi_replay::coverage::coverage(db, &tickers, start, end).await.expect("coverage") }
+    };
+    // the first call fills the cache with all the markets' days; every range is then cut from it exactly
+    assert_eq!(coverage_over_grpc(&client, &cached, None, None).await, Ok(expected(&cached, None, None).await));
+    let mut answers = Vec::new();
+    for (start, end) in ranges {
+        let answer = coverage_over_grpc(&client, &cached, start, end).await.expect("coverage");
+        assert_eq!(answer, expected(&cached, start, end).await, "range {start:?}..{end:?}");
+        answers.push(answer);
+    }
+    let (days, gaps) = (answers[2][0].days.len(), answers[2][0].gaps.len());
+    assert_eq!((days, gaps), (1, 1), "of Jan 3 and 4, data on Jan 4 only");
+
+    // served from the cache: the database could not answer while another transaction locks the tables
+    let locker = app.db.client().await;
+    locker.batch_execute("BEGIN; LOCK TABLE markets, coverage_daily IN ACCESS EXCLUSIVE MODE").await.expect("lock");
+    let from_cache = async {
+        for ((start, end), answer) in ranges.into_iter().zip(&answers) {
+            assert_eq!(coverage_over_grpc(&client, &cached, start, end).await.as_ref(), Ok(answer));
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(2), from_cache)
+        .await
+        .expect("cached coverage needs no database");
+    let mut uncached = tonic::Request::new(kalshi_replay::proto::GetCoverageRequest {
+        market_tickers: vec![cached[0].into(), "KXBTC-26JAN06-T100000".into()],
+        ..Default::default()
+    });
+    uncached.set_timeout(std::time::Duration::from_millis(300));
+    let status = client.clone().get_coverage(uncached).await.expect_err("the lock holds the database");
+    assert!(matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled), "{status:?}");
+    locker.batch_execute("ROLLBACK").await.expect("unlock");
+
+    // a market looked up by key stays cached through fact writes: they notify the coverage channel only
+    assert_eq!(market_title(&client, cached[2]).await, Ok(String::new()));
+    // a rolled-back write is never seen; a committed one is, by every range it touches
+    db.batch_execute(
+        "BEGIN; INSERT INTO trades (ts, ticker, trade_id, yes_price_micros, count_centi, taker_side)
+                VALUES ('2026-01-06T10:00:00Z', 'KXETH-26JAN05-T3500', 'x', 500000, 100, 1); ROLLBACK",
+    )
+    .await
+    .expect("rollback");
+    db.batch_execute(
+        "INSERT INTO orderbook_deltas (ts, ticker, sid, seq, side, price_micros, delta_centi)
+           VALUES ('2026-01-06T10:00:00Z', 'KXETH-26JAN05-T3500', 1, 1, 1, 500000, 100)",
+    )
+    .await
+    .expect("delta");
+    let eth = &cached[2..];
+    let window = (Some("2026-01-06T00:00:00Z"), Some("2026-01-07T00:00:00Z"));
+    eventually(
+        || coverage_over_grpc(&client, eth, window.0, window.1),
+        |c| c.as_ref().is_ok_and(|c| c[0].delta_count == 1),
+    )
+    .await;
+    for (start, end) in ranges {
+        assert_eq!(coverage_over_grpc(&client, &cached, start, end).await, Ok(expected(&cached, start, end).await));
+    }
+    locker.batch_execute("BEGIN; LOCK TABLE markets IN ACCESS EXCLUSIVE MODE").await.expect("lock");
+    let by_key = tokio::time::timeout(std::time::Duration::from_secs(2), market_title(&client, cached[2])).await;
+    assert_eq!(by_key.expect("the lookup by key was still cached"), Ok(String::new()));
+    locker.batch_execute("ROLLBACK").await.expect("unlock");
+
+    // a deleted market is NOT_FOUND, although its coverage was cached
+    let idle = "KXBTC-26JAN06-T100000";
+    let idle_only = [idle];
+    assert_eq!(coverage_over_grpc(&client, &idle_only, None, None).await.map(|c| c[0].days.len()), Ok(0));
+    db.batch_execute(&format!("DELETE FROM markets WHERE ticker = '{idle}'")).await.expect("delete");
+    eventually(|| coverage_over_grpc(&client, &idle_only, None, None), |c| *c == Err(Code::NotFound)).await;
+}
