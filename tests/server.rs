@@ -40,10 +40,25 @@ async fn health_follows_the_database_down_and_back_up() {
 
     // the database goes away: new connections refused, existing ones terminated
     admin.batch_execute(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false")).await.expect("disallow");
-    admin
-        .execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", &[name])
-        .await
-        .expect("terminate");
+    // Until none is left: a connection that was starting while connections were disallowed passed that check
+    // before it, and shows in pg_stat_activity only later, so one round of terminations can miss it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let terminated = admin
+            .execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", &[name])
+            .await
+            .expect("terminate");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let left: i64 = admin
+            .query_one("SELECT count(*) FROM pg_stat_activity WHERE datname = $1", &[name])
+            .await
+            .expect("count")
+            .get(0);
+        if terminated == 0 && left == 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "connections to {name} keep appearing");
+    }
     wait_for_status(&mut health, ServingStatus::NotServing).await;
 
     admin.batch_execute(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true")).await.expect("allow");
