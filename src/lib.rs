@@ -10,6 +10,7 @@
 //! - [`replay`] — ReplayService and the replay contract of every stream: snapshot and watermark, market
 //!   selection, resume tokens, bounded channel, cancellation and deadlines.
 //! - [`trades`] — StreamTrades: the ordered COPY of the trades, row and column layouts, canonical encoding.
+//! - [`candles`] — OHLCV candles folded from trades in the total order: intervals, fill, VWAP, partial periods.
 //! - [`copy`] — reader of PostgreSQL's binary COPY format.
 //! - [`hash`] — the streams' content hash: SHA-256 whose running state fits in a resume token.
 //! - [`service`] — IngestService (its RPCs answer UNIMPLEMENTED until they land).
@@ -32,6 +33,7 @@ pub mod app;
 pub mod bench;
 pub mod bench_replay;
 pub mod cache;
+pub mod candles;
 pub mod config;
 pub mod copy;
 pub mod coverage;

@@ -19,10 +19,14 @@ use tokio_stream::{StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, codegen::BoxStream, metadata::MetadataMap};
 
 use crate::{
+    candles,
     db::{Conn, Manager, Pool, Prepare},
     error::Error,
     hash::ContentHash,
-    proto::{Layout, StreamSummary, StreamTradesRequest, StreamTradesResponse, replay_service_server::ReplayService},
+    proto::{
+        FillPolicy, Layout, StreamCandlesRequest, StreamCandlesResponse, StreamSummary, StreamTradesRequest,
+        StreamTradesResponse, replay_service_server::ReplayService,
+    },
     time, token, trades,
 };
 
@@ -90,6 +94,45 @@ impl ReplayService for ReplayApi {
         let snapshot = Snapshot::open(&self.pool, &common, &resume).await?;
         let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
         let stream = trades::Stream { common, resume, layout, batch };
+        tokio::spawn(run(snapshot, tx, deadline, stream));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn stream_candles(
+        &self,
+        request: Request<StreamCandlesRequest>,
+    ) -> Result<Response<BoxStream<StreamCandlesResponse>>, Status> {
+        let deadline = deadline(request.metadata());
+        let req = request.into_inner();
+        let common = Common::validate(&req, token::Kind::Candles, |r| {
+            (&r.market_tickers, &r.event_tickers, &r.series_tickers, r.start_time.as_ref(), r.end_time.as_ref())
+        })?;
+        let interval = candles::Interval::new(req.interval_seconds)?;
+        let fill = match FillPolicy::try_from(req.fill_policy) {
+            Ok(FillPolicy::Unspecified | FillPolicy::None) => FillPolicy::None,
+            Ok(FillPolicy::Previous) => FillPolicy::Previous,
+            Err(_) => {
+                return Err(Error::invalid(
+                    "fill_policy",
+                    format!(
+                        "unknown value {}; allowed: 0 (none), FILL_POLICY_NONE (1), FILL_POLICY_PREVIOUS (2)",
+                        req.fill_policy
+                    ),
+                )
+                .into());
+            }
+        };
+        let batch = batch_size(req.batch_size)?;
+        let resume = common.resume(&req, |r| {
+            let mut filters = r.clone();
+            filters.resume_token.clear();
+            filters.batch_size = 0;
+            (filters, &r.resume_token, r.as_of_watermark)
+        })?;
+        let snapshot = Snapshot::open(&self.pool, &common, &resume).await?;
+        let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+        let stream = candles::Stream { common, resume, interval, fill, batch };
         tokio::spawn(run(snapshot, tx, deadline, stream));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

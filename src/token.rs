@@ -27,6 +27,8 @@ pub enum Kind {
     Settlements = 4,
     /// StreamTrades resumptions.
     Trades = 5,
+    /// StreamCandles resumptions.
+    Candles = 6,
 }
 
 /// The binding of a request: a hash of its canonical filter encoding (for protobuf requests, the encoded request

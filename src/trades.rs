@@ -152,7 +152,7 @@ pub fn select_sql(
 }
 
 /// The trade of one COPY tuple (columns as in [`Stream::sql`]).
-fn parse<'a>(reader: &'a copy::Reader, tuple: &copy::Tuple<7>) -> Result<TradeRow<'a>, Error> {
+pub(crate) fn parse<'a>(reader: &'a copy::Reader, tuple: &copy::Tuple<7>) -> Result<TradeRow<'a>, Error> {
     Ok(TradeRow {
         micros: copy::timestamp_micros(reader.field(tuple, 0)?)?,
         ticker: copy::text(reader.field(tuple, 1)?)?,

@@ -1,0 +1,635 @@
+//! Candles: OHLCV periods folded from trades in the stream's total order, exactly, in integer arithmetic.
+//!
+//! [`Aggregator`] takes trades in the total order of StreamTrades, (time, market ticker, trade_id), and gives
+//! candles in the order of StreamCandles, (period start, market ticker): the trades of one period are folded per
+//! market, and when the first trade of a later period arrives the finished period's candles are handed out sorted
+//! by ticker. It holds one accumulator per market that traded in the current period and, for the fill policy
+//! PREVIOUS, one small state per market that traded in the range; never a range's trades.
+//!
+//! Periods are aligned to UTC midnight (the Unix epoch is one): an interval divides 86,400 seconds, so every
+//! period lies inside one UTC day.
+//!
+//! [`Stream`] is StreamCandles: the trades of the request's range read as StreamTrades reads them (one ordered
+//! COPY over the same snapshot and watermark), folded on the way. A resumed stream starts again at the period of
+//! its last candle and skips the candles up to it; what a market's fill and `previous` need from before that
+//! point is read first, in one statement over the same snapshot.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Utc};
+use prost::Message;
+use tokio::sync::mpsc;
+use tonic::Status;
+
+use crate::{
+    copy,
+    error::Error,
+    hash::ContentHash,
+    proto::{self, CandleBatch, FillPolicy, StreamCandlesResponse, stream_candles_response::Payload},
+    replay::{self, Common, Position, Resume, Snapshot, Stop},
+    token::Kind,
+    trades,
+};
+
+/// A validated StreamCandles request.
+#[derive(Debug)]
+pub(crate) struct Stream {
+    pub common: Common,
+    pub resume: Resume,
+    pub interval: Interval,
+    pub fill: FillPolicy,
+    pub batch: usize,
+}
+
+/// Per selected market: its close time and its last trade before $1 (at or below the watermark $2 when set):
+/// what fill and `previous` need from before the trades the stream reads.
+const BEFORE: &str = "
+SELECT m.ticker, m.close_time, p.ts, p.yes_price_micros
+  FROM markets m
+  LEFT JOIN LATERAL (
+        SELECT ts, yes_price_micros FROM trades t
+         WHERE t.ticker = m.ticker AND t.ts < $1 AND ($2::bigint IS NULL OR t.ingest_seq <= $2)
+         ORDER BY ts DESC, trade_id DESC LIMIT 1) p ON true
+ WHERE $3::text[] IS NULL OR m.ticker = ANY($3)";
+
+impl replay::Body<StreamCandlesResponse> for Stream {
+    async fn run(
+        self,
+        snapshot: &Snapshot,
+        tx: &mpsc::Sender<Result<StreamCandlesResponse, Status>>,
+    ) -> Result<(), Stop> {
+        let start = self.common.start.timestamp_micros();
+        let end = self.common.end.timestamp_micros();
+        let mut position = match &self.resume.position {
+            Some(p) => p.clone(),
+            None => Position { watermark: snapshot.watermark, count: 0, hash: ContentHash::default(), key: Vec::new() },
+        };
+        let after = match &self.resume.position {
+            Some(p) => Some(decode_key(&p.key).ok_or_else(|| {
+                Error::invalid("resume_token", "damaged token; pass back a token exactly as received")
+            })?),
+            None => None,
+        };
+        // a resumed stream reads again from the start of its last candle's period
+        let from = after.as_ref().map_or(start, |(period, _)| (*period).max(start));
+        let from_time = DateTime::<Utc>::from_timestamp_micros(from).unwrap_or(self.common.start);
+        let watermark = snapshot.pinned.then_some(snapshot.watermark);
+        let rows = snapshot.conn.query(BEFORE, &[&from_time, &watermark, &snapshot.markets]).await?;
+        let mut markets = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let before: Option<DateTime<Utc>> = row.try_get(2)?;
+            let state = MarketState {
+                last: row.try_get(3)?,
+                started: before.is_some_and(|t| t.timestamp_micros() >= start),
+                close: row.try_get::<_, Option<DateTime<Utc>>>(1)?.map(|t| t.timestamp_micros()),
+            };
+            markets.insert(row.try_get::<_, String>(0)?, state);
+        }
+        let mut aggregator = Aggregator::new(self.interval, self.fill, start, end, markets);
+        if let Some((period, _)) = &after {
+            aggregator.resume_at(*period);
+        }
+
+        let segments: Vec<String> = replay::day_segments(from_time, self.common.end, None)
+            .into_iter()
+            .map(|(start, end)| {
+                let select = trades::select_sql(start, end, snapshot.markets.as_deref(), watermark, None);
+                format!("COPY ({select}) TO STDOUT (FORMAT binary)")
+            })
+            .collect();
+        let mut copies = replay::OrderedCopy::start(snapshot, segments).await;
+        let mut out = Out { batch: Vec::with_capacity(self.batch), size: self.batch, encoded: Vec::new() };
+        while let Some(mut blocks) = copies.next_segment().await? {
+            let mut reader = copy::Reader::default();
+            while let Some(block) = blocks.recv().await {
+                for chunk in block? {
+                    reader.push(chunk);
+                    while let Some(tuple) = reader.next_tuple::<7>()? {
+                        let trade = trades::parse(&reader, &tuple)?;
+                        aggregator.push(Tick {
+                            ts: trade.micros,
+                            ticker: trade.ticker,
+                            price: trade.yes_price_micros,
+                            count: trade.count_centi,
+                        });
+                        reader.consume(&tuple);
+                    }
+                    out.send_ready(&mut aggregator, after.as_ref(), &mut position, &self.resume, tx).await?;
+                }
+            }
+            reader.finish()?;
+        }
+        aggregator.finish();
+        out.send_ready(&mut aggregator, after.as_ref(), &mut position, &self.resume, tx).await?;
+        if !out.batch.is_empty() {
+            replay::send(tx, out.take(&position, &self.resume)).await?;
+        }
+        let summary = replay::summary(position.count, &position.hash, snapshot.watermark);
+        let message = StreamCandlesResponse { payload: Some(Payload::Summary(summary)), resume_token: String::new() };
+        replay::send(tx, message).await
+    }
+}
+
+/// Candles on their way out: the batch being filled.
+struct Out {
+    batch: Vec<proto::Candle>,
+    size: usize,
+    encoded: Vec<u8>,
+}
+
+impl Out {
+    /// Moves the aggregator's finished candles into batches, skipping those a resumed stream delivered before,
+    /// and sends every full batch.
+    async fn send_ready(
+        &mut self,
+        aggregator: &mut Aggregator,
+        after: Option<&(i64, String)>,
+        position: &mut Position,
+        resume: &Resume,
+        tx: &mpsc::Sender<Result<StreamCandlesResponse, Status>>,
+    ) -> Result<(), Stop> {
+        for candle in aggregator.drain() {
+            if after.is_some_and(|(period, ticker)| (candle.period_start, candle.ticker.as_str()) <= (*period, ticker))
+            {
+                continue;
+            }
+            let message = candle.to_proto();
+            self.encoded.clear();
+            message.encode(&mut self.encoded).expect("a Vec grows");
+            position.hash.item(&self.encoded);
+            position.count += 1;
+            encode_key(candle.period_start, &candle.ticker, &mut position.key);
+            self.batch.push(message);
+            if self.batch.len() == self.size {
+                replay::send(tx, self.take(position, resume)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn take(&mut self, position: &Position, resume: &Resume) -> StreamCandlesResponse {
+        let candles = std::mem::replace(&mut self.batch, Vec::with_capacity(self.size));
+        StreamCandlesResponse {
+            payload: Some(Payload::Candles(CandleBatch { candles })),
+            resume_token: position.token(Kind::Candles, resume.binding),
+        }
+    }
+}
+
+/// The position key of a candle: `period start (i64) | ticker`.
+fn encode_key(period_start: i64, ticker: &str, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(&period_start.to_be_bytes());
+    out.extend_from_slice(ticker.as_bytes());
+}
+
+fn decode_key(key: &[u8]) -> Option<(i64, String)> {
+    let (period, ticker) = key.split_first_chunk::<8>()?;
+    Some((i64::from_be_bytes(*period), String::from_utf8(ticker.to_vec()).ok()?))
+}
+
+/// Microseconds per second.
+const MICROS: i64 = 1_000_000;
+/// Seconds per UTC day: every interval divides it.
+const DAY_SECONDS: i32 = 86_400;
+
+/// A period length that divides a UTC day, in microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Interval(i64);
+
+impl Interval {
+    /// Checks `interval_seconds`: a whole number from 1 to 86,400 that divides 86,400.
+    pub fn new(seconds: i32) -> Result<Self, Error> {
+        if !(1..=DAY_SECONDS).contains(&seconds) || DAY_SECONDS % seconds != 0 {
+            return Err(Error::invalid(
+                "interval_seconds",
+                format!(
+                    "must be a whole number of seconds from 1 to 86400 that divides 86400, such as 60 (1 minute), \
+                     3600 (1 hour) or 86400 (1 day); got {seconds}"
+                ),
+            ));
+        }
+        Ok(Self(i64::from(seconds) * MICROS))
+    }
+
+    /// The start of the period holding `micros` (microseconds since the epoch).
+    pub fn start_of(self, micros: i64) -> i64 {
+        micros - micros.rem_euclid(self.0)
+    }
+
+    /// The length of a period in microseconds.
+    pub fn micros(self) -> i64 {
+        self.0
+    }
+}
+
+/// One trade as the aggregator needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct Tick<'a> {
+    pub ts: i64,
+    pub ticker: &'a str,
+    pub price: i64,
+    pub count: i64,
+}
+
+/// A finished candle; times in microseconds since the epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candle {
+    pub ticker: String,
+    pub period_start: i64,
+    pub period_end: i64,
+    pub open: i64,
+    pub high: i64,
+    pub low: i64,
+    pub close: i64,
+    pub volume: i64,
+    pub trades: i64,
+    pub vwap: i64,
+    pub previous: Option<i64>,
+    pub empty: bool,
+    pub partial: bool,
+}
+
+/// What a market's trades in the current period add up to.
+#[derive(Debug, Clone)]
+struct Accumulator {
+    open: i64,
+    high: i64,
+    low: i64,
+    close: i64,
+    volume: i64,
+    trades: i64,
+    /// Σ price × count: at most 10^6 × 2^63, hence 128 bits.
+    notional: i128,
+}
+
+/// What PREVIOUS fill and `previous` need to know of a market between periods.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MarketState {
+    /// The last traded price so far (before the range too, when known).
+    pub last: Option<i64>,
+    /// Whether the market traded in the range yet: filling starts at its first trade in the range.
+    pub started: bool,
+    /// When the market closes, if known: no filled period starts at or after it.
+    pub close: Option<i64>,
+}
+
+/// Folds trades into candles. Feed trades with [`push`](Self::push) in the total order; take the finished
+/// candles with [`drain`](Self::drain); call [`finish`](Self::finish) after the last trade.
+#[derive(Debug)]
+pub struct Aggregator {
+    interval: Interval,
+    fill: bool,
+    /// The requested range, [start, end).
+    start: i64,
+    end: i64,
+    /// The current period's start; None before the first trade.
+    current: Option<i64>,
+    /// The markets that traded in the current period, in ticker (byte) order.
+    open: BTreeMap<String, Accumulator>,
+    /// Per market: the last price, whether it started, its close. Only markets with a known state are held.
+    markets: HashMap<String, MarketState>,
+    /// Finished candles, in stream order, not yet taken.
+    ready: Vec<Candle>,
+}
+
+impl Aggregator {
+    /// An aggregator for the range [start, end) (microseconds); `markets` holds what is known of each market
+    /// before the range: its last trade before `start` and its close time.
+    pub fn new(
+        interval: Interval,
+        fill: FillPolicy,
+        start: i64,
+        end: i64,
+        markets: HashMap<String, MarketState>,
+    ) -> Self {
+        Self {
+            interval,
+            fill: fill == FillPolicy::Previous,
+            start,
+            end,
+            current: None,
+            open: BTreeMap::new(),
+            markets,
+            ready: Vec::new(),
+        }
+    }
+
+    /// Starts a resumed stream at `period`: the periods before it were delivered, so filling starts there.
+    pub fn resume_at(&mut self, period: i64) {
+        self.current = Some(period);
+    }
+
+    /// Adds the next trade in the total order. Trades must lie in the range and come in ascending time.
+    pub fn push(&mut self, tick: Tick<'_>) {
+        let period = self.interval.start_of(tick.ts);
+        match self.current {
+            Some(current) if current == period => {}
+            Some(current) => {
+                debug_assert!(period > current, "trades come in ascending time");
+                self.close_period(current);
+                self.fill_until(current + self.interval.micros(), period);
+                self.current = Some(period);
+            }
+            None => self.current = Some(period),
+        }
+        match self.open.get_mut(tick.ticker) {
+            Some(acc) => {
+                acc.high = acc.high.max(tick.price);
+                acc.low = acc.low.min(tick.price);
+                acc.close = tick.price;
+                acc.volume += tick.count;
+                acc.trades += 1;
+                acc.notional += i128::from(tick.price) * i128::from(tick.count);
+            }
+            None => {
+                let acc = Accumulator {
+                    open: tick.price,
+                    high: tick.price,
+                    low: tick.price,
+                    close: tick.price,
+                    volume: tick.count,
+                    trades: 1,
+                    notional: i128::from(tick.price) * i128::from(tick.count),
+                };
+                self.open.insert(tick.ticker.to_owned(), acc);
+            }
+        }
+    }
+
+    /// Ends the stream: the last period with trades, then (PREVIOUS) the filled periods up to the range end.
+    pub fn finish(&mut self) {
+        if let Some(current) = self.current.take() {
+            self.close_period(current);
+            self.fill_until(current + self.interval.micros(), self.end);
+        }
+    }
+
+    /// The candles finished so far, in stream order.
+    pub fn drain(&mut self) -> std::vec::Drain<'_, Candle> {
+        self.ready.drain(..)
+    }
+
+    /// Hands out the candles of `period`: those of the markets that traded in it and, with PREVIOUS fill, an
+    /// empty one for every other started market still open, all in ticker order.
+    fn close_period(&mut self, period: i64) {
+        // the candidates first: they leave out the markets that traded, which `open` still holds
+        let mut filled = self.fill_candidates(period);
+        let open = std::mem::take(&mut self.open);
+        let period_end = period + self.interval.micros();
+        let partial = period < self.start || period_end > self.end;
+        let mut traded = open.into_iter().peekable();
+        loop {
+            // merge the traded markets with the empty ones, by ticker; a market is never in both
+            let take_traded = match (traded.peek(), filled.last()) {
+                (Some((ticker, _)), Some(empty)) => ticker.as_str() < empty.as_str(),
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            if take_traded {
+                let (ticker, acc) = traded.next().expect("peeked");
+                let state = self.markets.entry(ticker.clone()).or_default();
+                let previous = state.last;
+                state.last = Some(acc.close);
+                state.started = true;
+                self.ready.push(Candle {
+                    ticker,
+                    period_start: period,
+                    period_end,
+                    open: acc.open,
+                    high: acc.high,
+                    low: acc.low,
+                    close: acc.close,
+                    volume: acc.volume,
+                    trades: acc.trades,
+                    vwap: vwap(acc.notional, acc.volume).unwrap_or(acc.close),
+                    previous,
+                    empty: false,
+                    partial,
+                });
+            } else {
+                let ticker = filled.pop().expect("looked at");
+                let last = self.markets[&ticker].last.expect("a started market has traded");
+                self.ready.push(empty_candle(ticker, period, period_end, last, partial));
+            }
+        }
+    }
+
+    /// For every period from `from` until `until` (exclusive, period starts), the empty candles of PREVIOUS fill.
+    fn fill_until(&mut self, from: i64, until: i64) {
+        if !self.fill {
+            return;
+        }
+        let mut period = from;
+        while period < until {
+            let period_end = period + self.interval.micros();
+            let partial = period < self.start || period_end > self.end;
+            let mut filled = self.fill_candidates(period);
+            if filled.is_empty() {
+                // every started market is closed at this period, hence at every later one: nothing to fill
+                return;
+            }
+            while let Some(ticker) = filled.pop() {
+                let last = self.markets[&ticker].last.expect("a started market has traded");
+                self.ready.push(empty_candle(ticker, period, period_end, last, partial));
+            }
+            period = period_end;
+        }
+    }
+
+    /// The markets that get an empty candle for `period` unless they trade in it: started and not closed by its
+    /// start, excluding those that trade in it; sorted descending, so that popping gives ticker order.
+    fn fill_candidates(&self, period: i64) -> Vec<String> {
+        if !self.fill {
+            return Vec::new();
+        }
+        let mut tickers: Vec<String> = self
+            .markets
+            .iter()
+            .filter(|(ticker, m)| {
+                m.started && m.close.is_none_or(|c| period < c) && !self.open.contains_key(ticker.as_str())
+            })
+            .map(|(ticker, _)| ticker.clone())
+            .collect();
+        tickers.sort_unstable_by(|a, b| b.cmp(a));
+        tickers
+    }
+}
+
+impl Candle {
+    pub fn to_proto(&self) -> proto::Candle {
+        proto::Candle {
+            market_ticker: self.ticker.clone(),
+            period_start: Some(timestamp(self.period_start)),
+            period_end: Some(timestamp(self.period_end)),
+            open_micros: self.open,
+            high_micros: self.high,
+            low_micros: self.low,
+            close_micros: self.close,
+            volume_centi: self.volume,
+            trade_count: self.trades,
+            vwap_micros: self.vwap,
+            previous_micros: self.previous,
+            empty: self.empty,
+            partial: self.partial,
+        }
+    }
+}
+
+fn timestamp(micros: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: micros.div_euclid(MICROS), nanos: (micros.rem_euclid(MICROS) * 1000) as i32 }
+}
+
+fn empty_candle(ticker: String, period_start: i64, period_end: i64, last: i64, partial: bool) -> Candle {
+    Candle {
+        ticker,
+        period_start,
+        period_end,
+        open: last,
+        high: last,
+        low: last,
+        close: last,
+        volume: 0,
+        trades: 0,
+        vwap: last,
+        previous: Some(last),
+        empty: true,
+        partial,
+    }
+}
+
+/// Σ(price × count) / Σ count rounded half to even; None without volume.
+pub fn vwap(notional: i128, volume: i64) -> Option<i64> {
+    if volume <= 0 {
+        return None;
+    }
+    let volume = i128::from(volume);
+    let (quotient, remainder) = (notional.div_euclid(volume), notional.rem_euclid(volume));
+    let rounded = match (2 * remainder).cmp(&volume) {
+        std::cmp::Ordering::Less => quotient,
+        std::cmp::Ordering::Greater => quotient + 1,
+        std::cmp::Ordering::Equal => quotient + (quotient & 1),
+    };
+    i64::try_from(rounded).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: i64 = 60 * MICROS;
+
+    fn tick(ts: i64, ticker: &str, price: i64, count: i64) -> Tick<'_> {
+        Tick { ts, ticker, price, count }
+    }
+
+    fn run(fill: FillPolicy, range: (i64, i64), markets: &[(&str, MarketState)], ticks: &[Tick<'_>]) -> Vec<Candle> {
+        let markets = markets.iter().map(|(t, s)| ((*t).to_owned(), *s)).collect();
+        let mut aggregator = Aggregator::new(Interval::new(60).expect("interval"), fill, range.0, range.1, markets);
+        let mut out = Vec::new();
+        for &t in ticks {
+            aggregator.push(t);
+            out.extend(aggregator.drain());
+        }
+        aggregator.finish();
+        out.extend(aggregator.drain());
+        out
+    }
+
+    fn summary(candles: &[Candle]) -> Vec<(i64, &str, [i64; 6], bool)> {
+        candles
+            .iter()
+            .map(|c| {
+                (c.period_start / MIN, c.ticker.as_str(), [c.open, c.high, c.low, c.close, c.volume, c.trades], c.empty)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn intervals_divide_a_day_and_align_to_midnight() {
+        for ok in [1, 2, 60, 90, 3600, 7200, 86_400] {
+            assert!(Interval::new(ok).is_ok(), "{ok}");
+        }
+        for bad in [0, -60, 7, 86_401, 172_800, 100_000] {
+            let error = Interval::new(bad).expect_err("refused");
+            assert!(error.to_string().contains("interval_seconds"), "{error}");
+        }
+        let hour = Interval::new(3600).expect("hour");
+        assert_eq!(hour.start_of(3600 * MICROS + 1), 3600 * MICROS);
+        assert_eq!(hour.start_of(3600 * MICROS - 1), 0);
+        assert_eq!(hour.start_of(-1), -3600 * MICROS, "before the epoch too");
+    }
+
+    #[test]
+    fn vwap_rounds_half_to_even() {
+        assert_eq!(vwap(10, 4), Some(2), "2.5 -> 2");
+        assert_eq!(vwap(14, 4), Some(4), "3.5 -> 4");
+        assert_eq!(vwap(13, 4), Some(3), "3.25 -> 3");
+        assert_eq!(vwap(15, 4), Some(4), "3.75 -> 4");
+        assert_eq!(vwap(0, 0), None);
+        // exact with the largest prices and counts: no float, no overflow
+        let count = i64::MAX / 2;
+        let notional = i128::from(999_999) * i128::from(count) * 2;
+        assert_eq!(vwap(notional, count * 2), Some(999_999));
+    }
+
+    #[test]
+    fn trades_fold_into_periods_in_period_then_ticker_order() {
+        let ticks = [
+            tick(0, "B", 400_000, 100),
+            tick(MIN / 2, "A", 500_000, 200),
+            tick(MIN / 2, "B", 450_000, 100),
+            tick(MIN - 1, "B", 300_000, 300),
+            tick(3 * MIN, "A", 510_000, 100),
+        ];
+        let candles = run(FillPolicy::None, (0, 4 * MIN), &[], &ticks);
+        assert_eq!(
+            summary(&candles),
+            [
+                (0, "A", [500_000, 500_000, 500_000, 500_000, 200, 1], false),
+                (0, "B", [400_000, 450_000, 300_000, 300_000, 500, 3], false),
+                (3, "A", [510_000, 510_000, 510_000, 510_000, 100, 1], false),
+            ]
+        );
+        // B: (400000*100 + 450000*100 + 300000*300) / 500 = 350000
+        assert_eq!(candles[1].vwap, 350_000);
+        assert_eq!((candles[0].previous, candles[2].previous), (None, Some(500_000)));
+        assert!(candles.iter().all(|c| !c.partial && c.period_end == c.period_start + MIN));
+    }
+
+    #[test]
+    fn previous_fill_repeats_the_close_until_the_end_or_the_close_time() {
+        let before = MarketState { last: Some(100_000), started: false, close: None };
+        let closing = MarketState { last: None, started: false, close: Some(3 * MIN) };
+        let ticks = [tick(MIN, "A", 200_000, 100), tick(MIN, "C", 300_000, 100), tick(4 * MIN + 5, "A", 250_000, 100)];
+        let candles = run(FillPolicy::Previous, (0, 6 * MIN), &[("A", before), ("C", closing)], &ticks);
+        assert_eq!(
+            summary(&candles),
+            [
+                // nothing before a market's first trade in the range, although A's earlier price is known
+                (1, "A", [200_000, 200_000, 200_000, 200_000, 100, 1], false),
+                (1, "C", [300_000, 300_000, 300_000, 300_000, 100, 1], false),
+                (2, "A", [200_000, 200_000, 200_000, 200_000, 0, 0], true),
+                (2, "C", [300_000, 300_000, 300_000, 300_000, 0, 0], true),
+                // C closes at minute 3: no period of it starts at or after that
+                (3, "A", [200_000, 200_000, 200_000, 200_000, 0, 0], true),
+                (4, "A", [250_000, 250_000, 250_000, 250_000, 100, 1], false),
+                (5, "A", [250_000, 250_000, 250_000, 250_000, 0, 0], true),
+            ]
+        );
+        assert_eq!(candles[0].previous, Some(100_000), "the last trade before the range");
+        assert_eq!((candles[2].vwap, candles[2].previous), (200_000, Some(200_000)), "empty: close and previous");
+        // without fill: the traded periods only
+        let unfilled = run(FillPolicy::None, (0, 6 * MIN), &[("A", before), ("C", closing)], &ticks);
+        assert_eq!(unfilled.len(), 3);
+    }
+
+    #[test]
+    fn periods_cut_by_the_range_are_partial() {
+        let ticks = [tick(MIN / 2, "A", 100_000, 100), tick(2 * MIN, "A", 200_000, 100), tick(3 * MIN + 1, "A", 1, 1)];
+        let candles = run(FillPolicy::Previous, (MIN / 3, 3 * MIN + MIN / 2), &[], &ticks);
+        let flags: Vec<_> = candles.iter().map(|c| (c.period_start / MIN, c.empty, c.partial)).collect();
+        assert_eq!(flags, [(0, false, true), (1, true, false), (2, false, false), (3, false, true)]);
+    }
+}

@@ -1,0 +1,450 @@
+//! StreamCandles over real gRPC against a real PostgreSQL: candles equal those the same request's trades imply
+//! (computed here, independently, from StreamTrades), fill, partial periods, resume, as_of, and every bad request.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, NaiveDate};
+use common::TestApp;
+use kalshi_replay::{
+    generate::{DatasetSpec, generate},
+    proto::{
+        Candle, FillPolicy, StreamCandlesRequest, StreamCandlesResponse, StreamSummary, StreamTradesRequest, Trade,
+        replay_service_client::ReplayServiceClient, stream_candles_response::Payload,
+        stream_trades_response::Payload as TradePayload,
+    },
+};
+use prost::Message;
+use prost_types::Timestamp;
+use rand::{Rng, SeedableRng};
+use sha2::{Digest, Sha256};
+use tokio_postgres::Client as PgClient;
+use tonic::{Code, transport::Channel};
+
+type Client = ReplayServiceClient<Channel>;
+
+const MICROS: i64 = 1_000_000;
+
+fn micros(s: &str) -> i64 {
+    DateTime::parse_from_rfc3339(s).expect("time").timestamp_micros()
+}
+
+fn timestamp(micros: i64) -> Timestamp {
+    Timestamp { seconds: micros.div_euclid(MICROS), nanos: (micros.rem_euclid(MICROS) * 1000) as i32 }
+}
+
+fn micros_of(t: &Timestamp) -> i64 {
+    t.seconds * MICROS + i64::from(t.nanos) / 1000
+}
+
+fn request(markets: &[String], start: i64, end: i64, interval: i32, fill: FillPolicy) -> StreamCandlesRequest {
+    StreamCandlesRequest {
+        market_tickers: markets.to_vec(),
+        start_time: Some(timestamp(start)),
+        end_time: Some(timestamp(end)),
+        interval_seconds: interval,
+        fill_policy: fill as i32,
+        ..Default::default()
+    }
+}
+
+async fn messages(
+    client: &mut Client,
+    request: StreamCandlesRequest,
+) -> Result<Vec<StreamCandlesResponse>, tonic::Status> {
+    let mut stream = client.stream_candles(request).await?.into_inner();
+    let mut out = Vec::new();
+    while let Some(message) = stream.message().await? {
+        out.push(message);
+    }
+    Ok(out)
+}
+
+fn candles_of(messages: &[StreamCandlesResponse]) -> Vec<Candle> {
+    let mut out = Vec::new();
+    for message in messages {
+        if let Some(Payload::Candles(batch)) = &message.payload {
+            out.extend(batch.candles.iter().cloned());
+        }
+    }
+    out
+}
+
+fn summary_of(messages: &[StreamCandlesResponse]) -> StreamSummary {
+    match messages.last().and_then(|m| m.payload.clone()) {
+        Some(Payload::Summary(summary)) => summary,
+        other => panic!("the last message is not the summary: {other:?}"),
+    }
+}
+
+/// The contract's hash, computed here independently: SHA-256 over each Candle's protobuf encoding, prefixed by
+/// its length (u32 little-endian).
+fn expected_hash(candles: &[Candle]) -> Vec<u8> {
+    let mut hash = Sha256::new();
+    for candle in candles {
+        let encoded = candle.encode_to_vec();
+        hash.update((encoded.len() as u32).to_le_bytes());
+        hash.update(&encoded);
+    }
+    hash.finalize().to_vec()
+}
+
+/// The trades of the same selection and range, from StreamTrades.
+async fn trades(client: &mut Client, req: &StreamCandlesRequest) -> Vec<Trade> {
+    let request = StreamTradesRequest {
+        market_tickers: req.market_tickers.clone(),
+        start_time: req.start_time,
+        end_time: req.end_time,
+        as_of_watermark: req.as_of_watermark,
+        ..Default::default()
+    };
+    let mut stream = client.stream_trades(request).await.expect("trades").into_inner();
+    let mut out = Vec::new();
+    while let Some(message) = stream.message().await.expect("trade message") {
+        if let Some(TradePayload::Trades(batch)) = message.payload {
+            out.extend(batch.trades);
+        }
+    }
+    out
+}
+
+/// Per market: the last trade price before `start`, and the close time.
+async fn before_and_close(db: &PgClient, start: i64) -> (HashMap<String, i64>, HashMap<String, Option<i64>>) {
+    let start = DateTime::from_timestamp_micros(start).expect("time");
+    let rows = db
+        .query(
+            "SELECT DISTINCT ON (ticker) ticker, yes_price_micros FROM trades WHERE ts < $1
+              ORDER BY ticker, ts DESC, trade_id DESC",
+            &[&start],
+        )
+        .await
+        .expect("before");
+    let before = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let rows = db.query("SELECT ticker, close_time FROM markets", &[]).await.expect("closes");
+    let closes = rows
+        .iter()
+        .map(|r| (r.get(0), r.get::<_, Option<chrono::DateTime<chrono::Utc>>>(1).map(|t| t.timestamp_micros())))
+        .collect();
+    (before, closes)
+}
+
+/// The candles `trades` (in stream order, all inside [start, end)) imply, as the proto documents them.
+fn implied(
+    trades: &[Trade],
+    (start, end): (i64, i64),
+    interval: i64,
+    fill: bool,
+    (before, closes): &(HashMap<String, i64>, HashMap<String, Option<i64>>),
+) -> Vec<Candle> {
+    let interval = interval * MICROS;
+    let period_of = |t: i64| t.div_euclid(interval) * interval;
+    let mut periods: BTreeMap<(i64, String), Vec<&Trade>> = BTreeMap::new();
+    for trade in trades {
+        let t = micros_of(trade.time.as_ref().expect("time"));
+        assert!(start <= t && t < end);
+        periods.entry((period_of(t), trade.market_ticker.clone())).or_default().push(trade);
+    }
+    if fill {
+        let mut first: BTreeMap<String, i64> = BTreeMap::new();
+        for (period, ticker) in periods.keys() {
+            first.entry(ticker.clone()).or_insert(*period);
+        }
+        for (ticker, first) in first {
+            let close = closes.get(&ticker).copied().flatten().unwrap_or(i64::MAX);
+            let mut period = first;
+            while period < end && period < close {
+                periods.entry((period, ticker.clone())).or_default();
+                period += interval;
+            }
+        }
+    }
+    let mut last: HashMap<String, i64> = before.clone();
+    let mut out = Vec::new();
+    for ((period, ticker), trades) in periods {
+        let previous = last.get(&ticker).copied();
+        let partial = period < start || period + interval > end;
+        let candle = if trades.is_empty() {
+            let p = previous.expect("a filled market traded before");
+            Candle {
+                market_ticker: ticker.clone(),
+                period_start: Some(timestamp(period)),
+                period_end: Some(timestamp(period + interval)),
+                open_micros: p,
+                high_micros: p,
+                low_micros: p,
+                close_micros: p,
+                volume_centi: 0,
+                trade_count: 0,
+                vwap_micros: p,
+                previous_micros: Some(p),
+                empty: true,
+                partial,
+            }
+        } else {
+            let prices: Vec<i64> = trades.iter().map(|t| t.yes_price_micros).collect();
+            let volume: i64 = trades.iter().map(|t| t.count_centi).sum();
+            let notional: i128 =
+                trades.iter().map(|t| i128::from(t.yes_price_micros) * i128::from(t.count_centi)).sum();
+            // half to even, the slow way: compare twice the remainder with the volume
+            let (q, r) = (notional / i128::from(volume), notional % i128::from(volume));
+            let vwap = match (2 * r).cmp(&i128::from(volume)) {
+                std::cmp::Ordering::Less => q,
+                std::cmp::Ordering::Greater => q + 1,
+                std::cmp::Ordering::Equal if q % 2 == 0 => q,
+                std::cmp::Ordering::Equal => q + 1,
+            };
+            Candle {
+                market_ticker: ticker.clone(),
+                period_start: Some(timestamp(period)),
+                period_end: Some(timestamp(period + interval)),
+                open_micros: prices[0],
+                high_micros: *prices.iter().max().expect("a trade"),
+                low_micros: *prices.iter().min().expect("a trade"),
+                close_micros: *prices.last().expect("a trade"),
+                volume_centi: volume,
+                trade_count: trades.len() as i64,
+                vwap_micros: i64::try_from(vwap).expect("fits"),
+                previous_micros: previous,
+                empty: false,
+                partial,
+            }
+        };
+        last.insert(ticker, candle.close_micros);
+        out.push(candle);
+    }
+    out
+}
+
+async fn generated(trades: u64) -> (TestApp, Client) {
+    let app = TestApp::start().await;
+    let spec = DatasetSpec {
+        seed: 5,
+        markets: 10,
+        days: 4,
+        trades,
+        start: NaiveDate::from_ymd_opt(2026, 1, 5).expect("date"),
+    };
+    generate(&mut app.db.client().await, &spec).await.expect("generate");
+    let client = ReplayServiceClient::new(app.channel().await);
+    (app, client)
+}
+
+async fn all_markets(db: &PgClient) -> Vec<String> {
+    db.query("SELECT ticker FROM markets ORDER BY ticker", &[])
+        .await
+        .expect("markets")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+#[tokio::test]
+async fn candles_equal_what_the_same_requests_trades_imply() {
+    let (app, mut client) = generated(15_000).await;
+    let db = app.db.client().await;
+    let markets = all_markets(&db).await;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let data = (micros("2026-01-05T00:00:00Z"), micros("2026-01-09T00:00:00Z"));
+    let mut seen_partial = false;
+    let mut seen_empty = false;
+    for round in 0..16 {
+        let interval = [60, 3600, 86_400, 900, 7200, 1][round % 6];
+        let fill = if round % 2 == 0 { FillPolicy::None } else { FillPolicy::Previous };
+        let start = rng.random_range(data.0 - 86_400 * MICROS..data.1);
+        let length = if interval == 1 { rng.random_range(1..3 * 3600) } else { rng.random_range(1..3 * 86_400) };
+        let end = start + length * MICROS + rng.random_range(0..MICROS);
+        let chosen: Vec<String> = markets.iter().filter(|_| rng.random_bool(0.5)).cloned().collect();
+        let chosen = if chosen.is_empty() { markets[..1].to_vec() } else { chosen };
+        let req = StreamCandlesRequest { batch_size: 97, ..request(&chosen, start, end, interval, fill) };
+        let got = messages(&mut client, req.clone()).await.expect("candles");
+        let candles = candles_of(&got);
+        let trades = trades(&mut client, &req).await;
+        let expected = implied(
+            &trades,
+            (start, end),
+            i64::from(interval),
+            fill == FillPolicy::Previous,
+            &before_and_close(&db, start).await,
+        );
+        assert_eq!(candles.len(), expected.len(), "round {round}: interval {interval}, {fill:?}");
+        for (i, (got, expected)) in candles.iter().zip(&expected).enumerate() {
+            assert_eq!(got, expected, "round {round}, candle {i}: interval {interval}, {fill:?}");
+        }
+        let summary = summary_of(&got);
+        assert_eq!(summary.item_count, candles.len() as i64);
+        assert_eq!(summary.content_hash, expected_hash(&candles));
+        seen_partial |= candles.iter().any(|c| c.partial);
+        seen_empty |= candles.iter().any(|c| c.empty);
+    }
+    assert!(seen_partial && seen_empty, "the rounds exercised partial and filled periods");
+}
+
+#[tokio::test]
+async fn the_same_request_gives_the_same_messages_resumes_exactly_and_as_of_pins_late_data() {
+    let (app, mut client) = generated(8_000).await;
+    let db = app.db.client().await;
+    let markets = all_markets(&db).await;
+    let (start, end) = (micros("2026-01-05T00:00:00Z"), micros("2026-01-09T00:00:00Z"));
+    let req = StreamCandlesRequest { batch_size: 10, ..request(&markets, start, end, 3600, FillPolicy::Previous) };
+    let first = messages(&mut client, req.clone()).await.expect("first");
+    assert_eq!(first, messages(&mut client, req.clone()).await.expect("second"), "byte for byte the same");
+    let summary = summary_of(&first);
+    assert!(first.len() > 10, "several batches: {}", first.len());
+
+    // resume after each of a few messages: the rest is exactly what the full stream sent after it
+    for cut in [1, first.len() / 2, first.len() - 2] {
+        let resumed = StreamCandlesRequest { resume_token: first[cut - 1].resume_token.clone(), ..req.clone() };
+        let rest = messages(&mut client, resumed).await.expect("resumed");
+        assert_eq!(candles_of(&rest), candles_of(&first[cut..]), "resumed after message {cut}");
+        assert_eq!(summary_of(&rest), summary, "the same count and hash");
+    }
+
+    // a late trade into an old hour changes a new request's candles, not those pinned to the first watermark
+    db.batch_execute(&format!(
+        "INSERT INTO trades (ts, ticker, trade_id, yes_price_micros, count_centi, taker_side)
+         VALUES ('2026-01-06T10:30:00Z', '{}', 'late', 999000, 12345, 1)",
+        markets[0]
+    ))
+    .await
+    .expect("late trade");
+    let pinned = StreamCandlesRequest { as_of_watermark: Some(summary.watermark), ..req.clone() };
+    let again = messages(&mut client, pinned).await.expect("pinned");
+    assert_eq!(candles_of(&again), candles_of(&first));
+    assert_eq!(summary_of(&again), summary);
+    let latest = messages(&mut client, req.clone()).await.expect("latest");
+    assert_ne!(summary_of(&latest).content_hash, summary.content_hash);
+    let hour = micros("2026-01-06T10:00:00Z");
+    let late = candles_of(&latest)
+        .into_iter()
+        .find(|c| c.market_ticker == markets[0] && micros_of(c.period_start.as_ref().expect("start")) == hour)
+        .expect("the late trade's hour");
+    assert!(late.high_micros == 999_000 && late.volume_centi >= 12_345 && !late.empty, "{late:?}");
+    let expected =
+        implied(&trades(&mut client, &req).await, (start, end), 3600, true, &before_and_close(&db, start).await);
+    assert_eq!(candles_of(&latest), expected);
+}
+
+/// A hand-made market whose every candle is known.
+const FIXTURE: &str = "
+INSERT INTO markets (ticker, event_ticker, series_ticker, status, close_time, updated_at) VALUES
+  ('A', 'E', 'S', 3, NULL, now()),
+  ('B', 'E', 'S', 3, '2026-01-07T00:00:00Z', now());
+INSERT INTO trades (ts, ticker, trade_id, yes_price_micros, count_centi, taker_side) VALUES
+  ('2026-01-04T12:00:00Z', 'A', 'early', 100000, 100, 1),
+  ('2026-01-05T00:00:00Z', 'A', 'x2', 300000, 100, 1),
+  ('2026-01-05T00:00:00Z', 'A', 'x1', 200000, 300, 2),
+  ('2026-01-05T00:00:00Z', 'B', 'only', 700000, 50, 1),
+  ('2026-01-05T23:59:59.999999Z', 'A', 'z', 250000, 100, 1),
+  ('2026-01-09T06:00:00Z', 'A', 'after-gap', 400000, 100, 1);
+";
+
+async fn fixture() -> (TestApp, Client) {
+    let app = TestApp::start().await;
+    let db = app.db.client().await;
+    let from = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").expect("t").to_utc();
+    let to = DateTime::parse_from_rfc3339("2026-01-12T00:00:00Z").expect("t").to_utc();
+    kalshi_replay::partitions::ensure_range(&db, from, to).await.expect("partitions");
+    db.batch_execute(FIXTURE).await.expect("fixture");
+    let client = ReplayServiceClient::new(app.channel().await);
+    (app, client)
+}
+
+#[tokio::test]
+async fn equal_microseconds_a_single_trade_a_gap_of_days_and_a_close_inside_the_range() {
+    let (_app, mut client) = fixture().await;
+    let markets = vec!["A".to_owned(), "B".to_owned()];
+    let (start, end) = (micros("2026-01-05T00:00:00Z"), micros("2026-01-10T00:00:00Z"));
+    let daily = candles_of(
+        &messages(&mut client, request(&markets, start, end, 86_400, FillPolicy::Previous)).await.expect("daily"),
+    );
+    let rows: Vec<_> = daily
+        .iter()
+        .map(|c| {
+            let day = (micros_of(c.period_start.as_ref().expect("start")) - start) / (86_400 * MICROS);
+            (
+                day,
+                c.market_ticker.as_str(),
+                [c.open_micros, c.high_micros, c.low_micros, c.close_micros],
+                c.volume_centi,
+                c.empty,
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            // A: x1 before x2 at the same microsecond (trade_id order), then z
+            (0, "A", [200_000, 300_000, 200_000, 250_000], 500, false),
+            (0, "B", [700_000, 700_000, 700_000, 700_000], 50, false),
+            (1, "A", [250_000, 250_000, 250_000, 250_000], 0, true),
+            // B closes at the start of day 2: filled on day 1 only
+            (1, "B", [700_000, 700_000, 700_000, 700_000], 0, true),
+            (2, "A", [250_000, 250_000, 250_000, 250_000], 0, true),
+            (3, "A", [250_000, 250_000, 250_000, 250_000], 0, true),
+            (4, "A", [400_000, 400_000, 400_000, 400_000], 100, false),
+        ]
+    );
+    // (200000*300 + 300000*100 + 250000*100) / 500 = 230000
+    assert_eq!(daily[0].vwap_micros, 230_000);
+    assert_eq!(daily[0].previous_micros, Some(100_000), "the trade before the range");
+    assert_eq!((daily[1].previous_micros, daily[1].trade_count), (None, 1), "B: a single trade, nothing before");
+    assert!(daily.iter().all(|c| !c.partial));
+
+    // a range cutting through the first and the last day: those candles cover the trades inside only
+    let cut = candles_of(
+        &messages(
+            &mut client,
+            request(
+                &markets,
+                micros("2026-01-05T00:00:00.000001Z"),
+                micros("2026-01-09T06:00:00Z"),
+                86_400,
+                FillPolicy::None,
+            ),
+        )
+        .await
+        .expect("cut"),
+    );
+    assert_eq!(cut.len(), 1, "only z is left of day 0; the trade of Jan 9 is at the range end, outside");
+    assert_eq!((cut[0].open_micros, cut[0].volume_centi, cut[0].partial), (250_000, 100, true));
+    assert_eq!(cut[0].previous_micros, Some(300_000), "the last trade before the range, in the total order");
+}
+
+#[tokio::test]
+async fn every_bad_request_is_refused_with_its_field_or_names() {
+    let (_app, mut client) = fixture().await;
+    let markets = vec!["A".to_owned()];
+    let (start, end) = (micros("2026-01-05T00:00:00Z"), micros("2026-01-06T00:00:00Z"));
+    let good = request(&markets, start, end, 60, FillPolicy::None);
+    let invalid = [
+        (StreamCandlesRequest { interval_seconds: 0, ..good.clone() }, "interval_seconds"),
+        (StreamCandlesRequest { interval_seconds: 7, ..good.clone() }, "interval_seconds"),
+        (StreamCandlesRequest { interval_seconds: 172_800, ..good.clone() }, "interval_seconds"),
+        (StreamCandlesRequest { fill_policy: 9, ..good.clone() }, "fill_policy"),
+        (StreamCandlesRequest { batch_size: 16_385, ..good.clone() }, "batch_size"),
+        (StreamCandlesRequest { start_time: None, ..good.clone() }, "start_time"),
+        (StreamCandlesRequest { end_time: Some(timestamp(start)), ..good.clone() }, "end_time"),
+        (StreamCandlesRequest { market_tickers: Vec::new(), ..good.clone() }, "market_tickers"),
+        (StreamCandlesRequest { resume_token: "garbage".into(), ..good.clone() }, "resume_token"),
+        (StreamCandlesRequest { as_of_watermark: Some(-1), ..good.clone() }, "as_of_watermark"),
+    ];
+    for (req, field) in invalid {
+        let status = messages(&mut client, req).await.expect_err(field);
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
+        assert!(status.message().starts_with(field), "{field}: {}", status.message());
+    }
+    let status =
+        messages(&mut client, StreamCandlesRequest { interval_seconds: 7, ..good.clone() }).await.expect_err("7");
+    assert!(status.message().contains("60") && status.message().contains("86400"), "lists what is allowed: {status:?}");
+    // a token of another request, and one of StreamTrades
+    let other = StreamCandlesRequest { batch_size: 1, interval_seconds: 3600, ..good.clone() };
+    let token = messages(&mut client, other).await.expect("other")[0].resume_token.clone();
+    let status =
+        messages(&mut client, StreamCandlesRequest { resume_token: token, ..good.clone() }).await.expect_err("bound");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let unknown = StreamCandlesRequest { market_tickers: vec!["NOPE".into()], ..good };
+    let status = messages(&mut client, unknown).await.expect_err("unknown");
+    assert_eq!(status.code(), Code::NotFound);
+    assert!(status.message().contains("NOPE"), "{status:?}");
+}
