@@ -78,6 +78,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Error> {
     match args.target {
         BenchTarget::Reference(args) => reference(args).await,
         BenchTarget::Replay(args) => crate::bench_replay::run(args).await,
+        BenchTarget::Candles(args) => crate::bench_candles::run(args).await,
     }
 }
 

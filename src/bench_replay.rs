@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chrono::{Days, NaiveTime};
+use chrono::{DateTime, Days, NaiveTime, Utc};
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
     process::{Child, Command},
@@ -51,7 +51,18 @@ struct Run {
     hot_rows: (u64, f64),
 }
 
-async fn measure(db: &Database, args: &BenchReplayArgs) -> Result<Report, Error> {
+/// The bench dataset, generated on the first run: its range, its series, and the database URL for other
+/// processes.
+pub(crate) struct Dataset {
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    pub series: Vec<String>,
+    pub hot: String,
+    pub url: String,
+}
+
+/// Migrates the database, generates the dataset unless it is there, and describes it.
+pub(crate) async fn dataset(db: &Database, args: &BenchReplayArgs) -> Result<Dataset, Error> {
     let spec = args.dataset.spec();
     let mut client = db.connect(args.db.connect_timeout).await?;
     migrate::run(&mut client).await?;
@@ -83,10 +94,14 @@ async fn measure(db: &Database, args: &BenchReplayArgs) -> Result<Report, Error>
         .map(|row| row.get(0))
         .collect();
     drop(client);
-
     let url = db
         .url(args.db.database_url.as_deref())
         .ok_or_else(|| Error::Bench("no database URL for the server process".to_owned()))?;
+    Ok(Dataset { start, end, series, hot, url })
+}
+
+async fn measure(db: &Database, args: &BenchReplayArgs) -> Result<Report, Error> {
+    let Dataset { start, end, series, hot, url } = dataset(db, args).await?;
     let psql = pg::psql()?;
     let all_sql = trades::select_sql(start, end, None, None, None);
     let hot_sql = trades::select_sql(start, end, Some(std::slice::from_ref(&hot)), None, None);
@@ -135,7 +150,7 @@ async fn measure(db: &Database, args: &BenchReplayArgs) -> Result<Report, Error>
 }
 
 /// Starts `serve` on a free port over `url` and returns it with its address.
-async fn spawn_server(url: &str) -> Result<(Child, String), Error> {
+pub(crate) async fn spawn_server(url: &str) -> Result<(Child, String), Error> {
     let exe = std::env::current_exe().map_err(|e| Error::io("find the current executable", e))?;
     let mut child = Command::new(exe)
         .args(["serve", "--listen", "127.0.0.1:0", "--log", "info"])
@@ -164,12 +179,24 @@ async fn spawn_server(url: &str) -> Result<(Child, String), Error> {
     Ok((child, addr))
 }
 
-/// psql's binary COPY of `select` to /dev/null: (rows, seconds).
+/// psql's binary COPY of `select` to /dev/null, under the stream's planner settings: (rows, seconds).
 async fn copy(psql: &PathBuf, url: &str, select: &str) -> Result<(u64, f64), Error> {
+    psql_copy(psql, url, select, PLAN_SETTINGS, true).await
+}
+
+/// psql's binary COPY of `select` to /dev/null after the `settings` (`SET ...; SET ...`, or empty): the rows
+/// (counted by a second query outside the timing when `count` is set, else 0) and the seconds.
+pub(crate) async fn psql_copy(
+    psql: &PathBuf,
+    url: &str,
+    select: &str,
+    settings: &str,
+    count: bool,
+) -> Result<(u64, f64), Error> {
     let started = Instant::now();
     let output = Command::new(psql)
         .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url])
-        .args(PLAN_SETTINGS.split("; ").flat_map(|set| ["-c", set]))
+        .args(settings.split("; ").filter(|set| !set.is_empty()).flat_map(|set| ["-c", set]))
         .args(["-c", &format!("COPY ({select}) TO STDOUT (FORMAT binary)")])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -180,6 +207,9 @@ async fn copy(psql: &PathBuf, url: &str, select: &str) -> Result<(u64, f64), Err
     let seconds = started.elapsed().as_secs_f64();
     if !output.status.success() {
         return Err(Error::Bench(format!("psql: {}", String::from_utf8_lossy(&output.stderr).trim())));
+    }
+    if !count {
+        return Ok((0, seconds));
     }
     // psql does not count COPY TO STDOUT rows in -q mode: count them once, outside the timing
     let counted = Command::new(psql)
@@ -226,7 +256,7 @@ async fn stream(mut client: ReplayServiceClient<Channel>, request: StreamTradesR
 }
 
 /// The server's peak resident set (VmHWM), in KiB.
-fn peak_rss_kib(server: &Child) -> Option<u64> {
+pub(crate) fn peak_rss_kib(server: &Child) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{}/status", server.id()?)).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()

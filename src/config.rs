@@ -131,6 +131,8 @@ pub enum BenchTarget {
     Reference(BenchReferenceArgs),
     /// StreamTrades against psql's COPY of the same rows: whole range in both layouts, one hot market, peak RSS.
     Replay(BenchReplayArgs),
+    /// StreamCandles against psql running the same aggregation in SQL, at 1 minute, 1 hour and 1 day.
+    Candles(BenchReplayArgs),
 }
 
 /// `bench replay` options.

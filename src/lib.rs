@@ -26,11 +26,13 @@
 //! - [`partitions`] — daily partitions of the fact tables, on demand and ahead of time.
 //! - [`generate`] — the deterministic synthetic dataset and its COPY loader.
 //! - [`bench`] — `bench reference`: a gRPC load generator reporting throughput and latency percentiles per RPC.
+//! - [`bench_candles`] — `bench candles`: StreamCandles against psql running the same aggregation in SQL.
 //! - [`bench_replay`] — `bench replay`: StreamTrades against psql's COPY of the same rows, and the server's RSS.
 //! - [`telemetry`] — logging.
 
 pub mod app;
 pub mod bench;
+pub mod bench_candles;
 pub mod bench_replay;
 pub mod cache;
 pub mod candles;

@@ -1,0 +1,208 @@
+//! `bench candles`: StreamCandles against `psql` running the same aggregation in SQL, in one run.
+//!
+//! On the dataset of `bench replay` (generated on the first run), each run measures, for 1 minute, 1 hour and 1
+//! day: B, psql `COPY (<date_bin GROUP BY with first and last trade by the total order>) TO STDOUT` to
+//! /dev/null; A, StreamCandles of every market over the whole range to a tonic client that decodes every
+//! candle. The candle counts must agree. The report gives medians of the runs and the ratios B/A of the times.
+
+use std::time::Instant;
+
+use tonic::transport::Channel;
+
+use crate::{
+    app,
+    bench_replay::{self, Dataset},
+    config::BenchReplayArgs,
+    db::Database,
+    error::Error,
+    pg,
+    proto::{StreamCandlesRequest, replay_service_client::ReplayServiceClient, stream_candles_response::Payload},
+    replay,
+};
+
+/// The intervals measured, in seconds, with their names.
+const INTERVALS: [(i32, &str); 3] = [(60, "1m"), (3600, "1h"), (86_400, "1d")];
+
+/// `bench candles`.
+pub async fn run(args: BenchReplayArgs) -> Result<(), Error> {
+    let interrupted = app::shutdown_signal()?;
+    let db = Database::open(&args.db).await?;
+    let result = tokio::select! {
+        report = measure(&db, &args) => report.map(|report| report.print(args.json)),
+        () = interrupted => Err(Error::Bench("interrupted".to_owned())),
+    };
+    app::finish(db, result).await
+}
+
+/// The SQL a PostgreSQL user would write for the same candles (fill NONE): one row per market and period with
+/// open and close by the total order, high, low, volume, count and VWAP, ordered as the stream.
+fn candles_sql(dataset: &Dataset, interval: i32) -> String {
+    format!(
+        "SELECT date_bin('{interval} seconds', ts, '2000-01-01T00:00:00Z') AS period, ticker, \
+                (array_agg(yes_price_micros ORDER BY ts, trade_id))[1] AS open, \
+                max(yes_price_micros) AS high, min(yes_price_micros) AS low, \
+                (array_agg(yes_price_micros ORDER BY ts DESC, trade_id DESC))[1] AS close, \
+                sum(count_centi) AS volume, count(*) AS trades, \
+                round(sum(yes_price_micros::numeric * count_centi) / sum(count_centi)) AS vwap \
+           FROM trades WHERE ts >= {} AND ts < {} \
+          GROUP BY 1, 2 ORDER BY 1, 2",
+        replay::timestamp_literal(dataset.start),
+        replay::timestamp_literal(dataset.end),
+    )
+}
+
+/// One run: per interval, (candles, seconds) of the SQL and of the stream.
+type Run = [((u64, f64), (u64, f64)); 3];
+
+async fn measure(db: &Database, args: &BenchReplayArgs) -> Result<Report, Error> {
+    let dataset = bench_replay::dataset(db, args).await?;
+    let psql = pg::psql()?;
+    let (mut server, addr) = bench_replay::spawn_server(&dataset.url).await?;
+    let measured = async {
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .map_err(|e| Error::Bench(e.to_string()))?
+            .connect()
+            .await
+            .map_err(|e| Error::Bench(format!("connect to the server: {e}")))?;
+        let client = ReplayServiceClient::new(channel).max_decoding_message_size(64 << 20);
+        let mut runs: Vec<Run> = Vec::new();
+        for run in 1..=args.runs {
+            let mut measured = [((0, 0.0), (0, 0.0)); 3];
+            for (i, (interval, name)) in INTERVALS.into_iter().enumerate() {
+                // the candles are counted on the first run only: counting runs the aggregation again
+                let sql = bench_replay::psql_copy(&psql, &dataset.url, &candles_sql(&dataset, interval), "", run == 1)
+                    .await?;
+                let request = StreamCandlesRequest {
+                    series_tickers: dataset.series.clone(),
+                    start_time: Some(crate::time::to_proto(dataset.start)),
+                    end_time: Some(crate::time::to_proto(dataset.end)),
+                    interval_seconds: interval,
+                    batch_size: args.batch_size.min(replay::MAX_BATCH),
+                    ..Default::default()
+                };
+                let stream = stream(client.clone(), request).await?;
+                if run == 1 && sql.0 != stream.0 {
+                    return Err(Error::Bench(format!(
+                        "{name}: the SQL gave {} candles, the stream {}",
+                        sql.0, stream.0
+                    )));
+                }
+                tracing::info!(run, interval = name, sql_seconds = sql.1, stream_seconds = stream.1, "measured");
+                measured[i] = (sql, stream);
+            }
+            runs.push(measured);
+        }
+        Ok(runs)
+    }
+    .await;
+    let peak_rss = bench_replay::peak_rss_kib(&server);
+    let _ = server.start_kill();
+    let _ = server.wait().await;
+    Ok(Report { runs: measured?, peak_rss_kib: peak_rss })
+}
+
+/// StreamCandles to the end, decoding and touching every candle: (candles, seconds).
+async fn stream(mut client: ReplayServiceClient<Channel>, request: StreamCandlesRequest) -> Result<(u64, f64), Error> {
+    let failed = |e: tonic::Status| Error::Bench(format!("StreamCandles: {} {}", e.code(), e.message()));
+    let started = Instant::now();
+    let mut messages = client.stream_candles(request).await.map_err(failed)?.into_inner();
+    let (mut count, mut checksum) = (0u64, 0i64);
+    let mut summary = None;
+    while let Some(message) = messages.message().await.map_err(failed)? {
+        match message.payload {
+            Some(Payload::Candles(batch)) => {
+                for candle in &batch.candles {
+                    checksum = checksum.wrapping_add(candle.close_micros ^ candle.volume_centi);
+                    count += 1;
+                }
+            }
+            Some(Payload::Summary(s)) => summary = Some(s),
+            None => {}
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let summary = summary.ok_or_else(|| Error::Bench("the stream ended without its summary".to_owned()))?;
+    if summary.item_count as u64 != count {
+        return Err(Error::Bench(format!("summary says {} candles, received {count}", summary.item_count)));
+    }
+    tracing::debug!(checksum, "decoded");
+    Ok((count, seconds))
+}
+
+#[derive(Debug)]
+struct Report {
+    runs: Vec<Run>,
+    peak_rss_kib: Option<u64>,
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+impl Report {
+    /// Per interval: candles, median seconds of the SQL and of the stream, and their ratio.
+    fn rows(&self) -> [(&'static str, u64, f64, f64, f64); 3] {
+        std::array::from_fn(|i| {
+            let name = INTERVALS[i].1;
+            let sql = median(self.runs.iter().map(|r| r[i].0.1).collect());
+            let stream = median(self.runs.iter().map(|r| r[i].1.1).collect());
+            let candles = self.runs.first().map_or(0, |r| r[i].1.0);
+            (name, candles, sql, stream, if stream > 0.0 { sql / stream } else { 0.0 })
+        })
+    }
+
+    fn print(&self, json: bool) {
+        let rows = self.rows();
+        let rss_mb = self.peak_rss_kib.map(|k| k as f64 / 1024.0);
+        if json {
+            let mut fields = Vec::new();
+            for (name, candles, sql, stream, ratio) in rows {
+                fields.push(format!(
+                    "\"ratio_{name}\": {ratio:.3}, \"candles_{name}\": {candles}, \"sql_seconds_{name}\": {sql:.3}, \
+                     \"stream_seconds_{name}\": {stream:.3}"
+                ));
+            }
+            println!(
+                "{{{}, \"server_peak_rss_mb\": {}, \"runs\": {}}}",
+                fields.join(", "),
+                rss_mb.map_or("null".to_owned(), |m| format!("{m:.1}")),
+                self.runs.len()
+            );
+            return;
+        }
+        println!("StreamCandles vs psql running the same aggregation; medians of {} runs", self.runs.len());
+        println!("{:<9} {:>10} {:>10} {:>10} {:>8}  goal", "interval", "candles", "SQL s", "stream s", "ratio");
+        for (name, candles, sql, stream, ratio) in rows {
+            let goal = match name {
+                "1m" => "2 x",
+                "1d" => "10 x",
+                _ => "-",
+            };
+            println!("{name:<9} {candles:>10} {sql:>10.2} {stream:>10.2} {ratio:>7.2}x  {goal}");
+        }
+        match rss_mb {
+            Some(mb) => println!("server peak RSS: {mb:.1} MB"),
+            None => println!("server peak RSS: unknown"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_and_ratios_per_interval() {
+        let run = |sql: f64, stream: f64| [((10, sql), (10, stream)); 3];
+        let report = Report { runs: vec![run(4.0, 1.0), run(6.0, 3.0), run(5.0, 2.0)], peak_rss_kib: None };
+        let rows = report.rows();
+        assert_eq!(rows.map(|r| r.0), ["1m", "1h", "1d"]);
+        assert_eq!((rows[0].2, rows[0].3, rows[0].4), (5.0, 2.0, 2.5));
+        assert_eq!(median(vec![1.0, 3.0]), 2.0);
+    }
+}
