@@ -24,7 +24,6 @@ use tonic::Status;
 use crate::{
     copy,
     error::Error,
-    hash::ContentHash,
     proto::{self, CandleBatch, FillPolicy, StreamCandlesResponse, stream_candles_response::Payload},
     replay::{self, Common, Position, Resume, Snapshot, Stop},
     token::Kind,
@@ -60,16 +59,7 @@ impl replay::Body<StreamCandlesResponse> for Stream {
     ) -> Result<(), Stop> {
         let start = self.common.start.timestamp_micros();
         let end = self.common.end.timestamp_micros();
-        let mut position = match &self.resume.position {
-            Some(p) => p.clone(),
-            None => Position { watermark: snapshot.watermark, count: 0, hash: ContentHash::default(), key: Vec::new() },
-        };
-        let after = match &self.resume.position {
-            Some(p) => Some(decode_key(&p.key).ok_or_else(|| {
-                Error::invalid("resume_token", "damaged token; pass back a token exactly as received")
-            })?),
-            None => None,
-        };
+        let (mut position, after) = self.resume.start(snapshot.watermark, decode_key)?;
         // a resumed stream reads again from the start of its last candle's period
         let from = after.as_ref().map_or(start, |(period, _)| (*period).max(start));
         let from_time = DateTime::<Utc>::from_timestamp_micros(from).unwrap_or(self.common.start);

@@ -240,6 +240,24 @@ pub(crate) struct Resume {
     pub position: Option<Position>,
 }
 
+impl Resume {
+    /// Where the stream's items start: the token's position and the key of the last item it delivered (decoded
+    /// by `decode`; a key it refuses is a damaged token), or a fresh position at `watermark`.
+    pub(crate) fn start<K>(
+        &self,
+        watermark: i64,
+        decode: impl FnOnce(&[u8]) -> Option<K>,
+    ) -> Result<(Position, Option<K>), Error> {
+        match &self.position {
+            None => Ok((Position { watermark, count: 0, hash: ContentHash::default(), key: Vec::new() }, None)),
+            Some(position) => {
+                let key = decode(&position.key).ok_or_else(damaged_token)?;
+                Ok((position.clone(), Some(key)))
+            }
+        }
+    }
+}
+
 /// The state a resume token carries: the data version, the items so far, their running hash and the key of the
 /// last one (its encoding is up to the stream).
 #[derive(Debug, Clone)]

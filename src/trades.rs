@@ -14,7 +14,6 @@ use tonic::Status;
 use crate::{
     copy,
     error::Error,
-    hash::ContentHash,
     proto::{Layout, StreamTradesResponse, Trade, stream_trades_response::Payload},
     replay::{self, Common, Position, Resume, Snapshot, Stop},
     token::Kind,
@@ -51,16 +50,7 @@ impl replay::Body<StreamTradesResponse> for Stream {
         snapshot: &Snapshot,
         tx: &mpsc::Sender<Result<StreamTradesResponse, Status>>,
     ) -> Result<(), Stop> {
-        let mut position = match &self.resume.position {
-            Some(p) => p.clone(),
-            None => Position { watermark: snapshot.watermark, count: 0, hash: ContentHash::default(), key: Vec::new() },
-        };
-        let after = match &self.resume.position {
-            Some(p) => Some(decode_key(&p.key).ok_or_else(|| {
-                Error::invalid("resume_token", "damaged token; pass back a token exactly as received")
-            })?),
-            None => None,
-        };
+        let (mut position, after) = self.resume.start(snapshot.watermark, decode_key)?;
         let after_key = after.as_ref().map(|(micros, ticker, trade_id)| (*micros, ticker.as_str(), trade_id.as_str()));
         let segments: Vec<String> = replay::day_segments(self.common.start, self.common.end, after_key.map(|k| k.0))
             .into_iter()
@@ -538,6 +528,7 @@ impl Batch {
 
 #[cfg(test)]
 mod tests {
+    use crate::hash::ContentHash;
     use prost::Message;
     use rand::{Rng, SeedableRng};
 

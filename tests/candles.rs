@@ -5,15 +5,12 @@ mod common;
 
 use std::collections::{BTreeMap, HashMap};
 
-use chrono::{DateTime, NaiveDate};
-use common::TestApp;
-use kalshi_replay::{
-    generate::{DatasetSpec, generate},
-    proto::{
-        Candle, FillPolicy, StreamCandlesRequest, StreamCandlesResponse, StreamSummary, StreamTradesRequest, Trade,
-        replay_service_client::ReplayServiceClient, stream_candles_response::Payload,
-        stream_trades_response::Payload as TradePayload,
-    },
+use chrono::DateTime;
+use common::{TestApp, all_markets};
+use kalshi_replay::proto::{
+    Candle, FillPolicy, StreamCandlesRequest, StreamCandlesResponse, StreamSummary, StreamTradesRequest, Trade,
+    replay_service_client::ReplayServiceClient, stream_candles_response::Payload,
+    stream_trades_response::Payload as TradePayload,
 };
 use prost::Message;
 use prost_types::Timestamp;
@@ -217,26 +214,9 @@ fn implied(
 }
 
 async fn generated(trades: u64) -> (TestApp, Client) {
-    let app = TestApp::start().await;
-    let spec = DatasetSpec {
-        seed: 5,
-        markets: 10,
-        days: 4,
-        trades,
-        start: NaiveDate::from_ymd_opt(2026, 1, 5).expect("date"),
-    };
-    generate(&mut app.db.client().await, &spec).await.expect("generate");
+    let app = TestApp::generated(5, 10, trades).await;
     let client = ReplayServiceClient::new(app.channel().await);
     (app, client)
-}
-
-async fn all_markets(db: &PgClient) -> Vec<String> {
-    db.query("SELECT ticker FROM markets ORDER BY ticker", &[])
-        .await
-        .expect("markets")
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
 }
 
 #[tokio::test]

@@ -5,14 +5,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, NaiveDate, Utc};
-use common::TestApp;
-use kalshi_replay::{
-    generate::{DatasetSpec, generate},
-    proto::{
-        Layout, StreamSummary, StreamTradesRequest, StreamTradesResponse, Trade, TradeColumns,
-        replay_service_client::ReplayServiceClient, stream_trades_response::Payload,
-    },
+use chrono::{DateTime, Utc};
+use common::{TestApp, all_markets};
+use kalshi_replay::proto::{
+    Layout, StreamSummary, StreamTradesRequest, StreamTradesResponse, Trade, TradeColumns,
+    replay_service_client::ReplayServiceClient, stream_trades_response::Payload,
 };
 use prost::Message;
 use prost_types::Timestamp;
@@ -289,26 +286,9 @@ async fn every_bad_request_is_refused_with_its_field_or_names() {
 
 /// A generated dataset of several days and markets.
 async fn generated(trades: u64) -> (TestApp, Client) {
-    let app = TestApp::start().await;
-    let spec = DatasetSpec {
-        seed: 11,
-        markets: 12,
-        days: 4,
-        trades,
-        start: NaiveDate::from_ymd_opt(2026, 1, 5).expect("date"),
-    };
-    generate(&mut app.db.client().await, &spec).await.expect("generate");
+    let app = TestApp::generated(11, 12, trades).await;
     let client = ReplayServiceClient::new(app.channel().await);
     (app, client)
-}
-
-async fn all_markets(db: &PgClient) -> Vec<String> {
-    db.query("SELECT ticker FROM markets ORDER BY ticker", &[])
-        .await
-        .expect("markets")
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
 }
 
 fn request_of(markets: &[String], start: &str, end: &str) -> StreamTradesRequest {

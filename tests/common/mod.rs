@@ -164,7 +164,31 @@ pub struct TestApp {
     pub db: TestDb,
 }
 
+/// Every market ticker, in byte order.
+pub async fn all_markets(db: &Client) -> Vec<String> {
+    db.query("SELECT ticker FROM markets ORDER BY ticker", &[])
+        .await
+        .expect("markets")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
 impl TestApp {
+    /// A server over a generated dataset of `markets` markets and `trades` trades over 4 days from 2026-01-05.
+    pub async fn generated(seed: u64, markets: u32, trades: u64) -> Self {
+        let app = Self::start().await;
+        let spec = kalshi_replay::generate::DatasetSpec {
+            seed,
+            markets,
+            days: 4,
+            trades,
+            start: chrono::NaiveDate::from_ymd_opt(2026, 1, 5).expect("date"),
+        };
+        kalshi_replay::generate::generate(&mut app.db.client().await, &spec).await.expect("generate");
+        app
+    }
+
     pub async fn start() -> Self {
         Self::start_with(ServerOptions { partitions_ahead: 2, health_interval: Duration::from_millis(200) }, TIMEOUT)
             .await
