@@ -451,8 +451,8 @@ impl Candle {
     pub fn to_proto(&self) -> proto::Candle {
         proto::Candle {
             market_ticker: self.ticker.clone(),
-            period_start: Some(timestamp(self.period_start)),
-            period_end: Some(timestamp(self.period_end)),
+            period_start: Some(crate::time::micros_to_proto(self.period_start)),
+            period_end: Some(crate::time::micros_to_proto(self.period_end)),
             open_micros: self.open,
             high_micros: self.high,
             low_micros: self.low,
@@ -465,10 +465,6 @@ impl Candle {
             partial: self.partial,
         }
     }
-}
-
-fn timestamp(micros: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: micros.div_euclid(MICROS), nanos: (micros.rem_euclid(MICROS) * 1000) as i32 }
 }
 
 fn empty_candle(ticker: String, period_start: i64, period_end: i64, last: i64, partial: bool) -> Candle {

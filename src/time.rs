@@ -50,6 +50,11 @@ pub fn optional_range(
     Ok((start, end))
 }
 
+/// Microseconds since the epoch as a protobuf Timestamp (nanos always in 0..1e9, also before the epoch).
+pub fn micros_to_proto(micros: i64) -> Timestamp {
+    Timestamp { seconds: micros.div_euclid(1_000_000), nanos: (micros.rem_euclid(1_000_000) * 1000) as i32 }
+}
+
 /// Converts chrono to a wire timestamp.
 pub fn to_proto(t: DateTime<Utc>) -> Timestamp {
     Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 }

@@ -176,19 +176,12 @@ pub fn to_proto(trade: &TradeRow<'_>) -> Trade {
     Trade {
         trade_id: trade.trade_id.to_owned(),
         market_ticker: trade.ticker.to_owned(),
-        time: Some(timestamp(trade.micros)),
+        time: Some(crate::time::micros_to_proto(trade.micros)),
         yes_price_micros: trade.yes_price_micros,
         no_price_micros: ONE_DOLLAR - trade.yes_price_micros,
         count_centi: trade.count_centi,
         taker_side: trade.taker_side,
         ingest_seq: trade.ingest_seq,
-    }
-}
-
-fn timestamp(micros: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: micros.div_euclid(1_000_000),
-        nanos: (micros.rem_euclid(1_000_000) * 1000) as i32,
     }
 }
 
@@ -214,7 +207,7 @@ pub fn encode_canonical(trade: &TradeRow<'_>, out: &mut Vec<u8>) {
     string(out, 0x0a, trade.trade_id);
     string(out, 0x12, trade.ticker);
     // the Timestamp message is always present (Some), even when both of its fields are zero
-    let time = timestamp(trade.micros);
+    let time = crate::time::micros_to_proto(trade.micros);
     out.push(0x1a);
     varint(out, (int_len(time.seconds) + int_len(i64::from(time.nanos))) as u64);
     int(out, 0x08, time.seconds);
