@@ -6,7 +6,7 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::DateTime;
-use common::{TestApp, all_markets};
+use common::{TestApp, active_copies, all_markets, wait_until_no_copy};
 use kalshi_replay::proto::{
     Candle, FillPolicy, StreamCandlesRequest, StreamCandlesResponse, StreamSummary, StreamTradesRequest, Trade,
     replay_service_client::ReplayServiceClient, stream_candles_response::Payload,
@@ -427,4 +427,42 @@ async fn every_bad_request_is_refused_with_its_field_or_names() {
     let status = messages(&mut client, unknown).await.expect_err("unknown");
     assert_eq!(status.code(), Code::NotFound);
     assert!(status.message().contains("NOPE"), "{status:?}");
+}
+
+#[tokio::test]
+async fn a_cancelled_or_expired_stream_stops_its_query() {
+    let (app, mut client) = generated(150_000).await;
+    let admin = app.db.admin().await;
+    let markets = all_markets(&app.db.client().await).await;
+    let (start, end) = (micros("2026-01-05T00:00:00Z"), micros("2026-01-09T00:00:00Z"));
+    let req = StreamCandlesRequest { batch_size: 16, ..request(&markets, start, end, 60, FillPolicy::None) };
+    let full = summary_of(&messages(&mut client, req.clone()).await.expect("full"));
+    assert!(full.item_count > 10_000, "{full:?}");
+
+    // the client cancels after one message: the COPY is gone within a second
+    let mut stream = client.stream_candles(req.clone()).await.expect("stream").into_inner();
+    stream.message().await.expect("message").expect("data");
+    let copies = active_copies(&admin, &app.db.name).await;
+    assert!((1..=2).contains(&copies), "the read is paused by backpressure, not finished: {copies} COPYs");
+    drop(stream);
+    wait_until_no_copy(&admin, &app.db.name, std::time::Duration::from_secs(1)).await;
+
+    // a deadline that passes mid-stream
+    let mut timed = tonic::Request::new(req.clone());
+    timed.set_timeout(std::time::Duration::from_millis(300));
+    let mut stream = client.stream_candles(timed).await.expect("stream").into_inner();
+    stream.message().await.expect("message").expect("data");
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let end = loop {
+        match stream.message().await {
+            Ok(Some(_)) => continue,
+            other => break other,
+        }
+    };
+    let status = end.expect_err("the deadline ends the stream");
+    assert!(matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled), "{status:?}");
+    wait_until_no_copy(&admin, &app.db.name, std::time::Duration::from_secs(1)).await;
+
+    // the pool is healthy after: the same stream again, the same summary
+    assert_eq!(summary_of(&messages(&mut client, req).await.expect("after")), full);
 }

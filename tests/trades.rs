@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use common::{TestApp, all_markets};
+use common::{TestApp, active_copies, all_markets, wait_until_no_copy};
 use kalshi_replay::proto::{
     Layout, StreamSummary, StreamTradesRequest, StreamTradesResponse, Trade, TradeColumns,
     replay_service_client::ReplayServiceClient, stream_trades_response::Payload,
@@ -410,29 +410,6 @@ async fn the_plan_reads_only_the_range_partitions_in_order_without_sorting() {
 }
 
 /// Sessions of the server that are running a COPY.
-async fn active_copies(admin: &PgClient, database: &str) -> i64 {
-    admin
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity
-              WHERE datname = $1 AND state = 'active' AND query LIKE 'COPY (SELECT ts, ticker%'",
-            &[&database],
-        )
-        .await
-        .expect("pg_stat_activity")
-        .get(0)
-}
-
-async fn wait_until_no_copy(admin: &PgClient, database: &str, within: Duration) -> Duration {
-    let started = Instant::now();
-    loop {
-        if active_copies(admin, database).await == 0 {
-            return started.elapsed();
-        }
-        assert!(started.elapsed() < within, "a COPY still runs after {within:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn cancelled_streams_stop_their_query_and_leave_the_pool_healthy() {
     let (app, mut client) = generated(150_000).await;

@@ -8,7 +8,7 @@
 use std::{
     net::SocketAddr,
     sync::atomic::{AtomicU32, Ordering},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use kalshi_replay::{
@@ -162,6 +162,31 @@ pub struct TestApp {
     served: Option<JoinHandle<Result<(), Error>>>,
     // last: the database outlives the server that uses it
     pub db: TestDb,
+}
+
+/// The trade COPYs running in `database`.
+pub async fn active_copies(admin: &Client, database: &str) -> i64 {
+    admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE datname = $1 AND state = 'active' AND query LIKE 'COPY (SELECT ts, ticker%'",
+            &[&database],
+        )
+        .await
+        .expect("pg_stat_activity")
+        .get(0)
+}
+
+/// Waits until no trade COPY runs in `database`; fails after `within`.
+pub async fn wait_until_no_copy(admin: &Client, database: &str, within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        if active_copies(admin, database).await == 0 {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < within, "a COPY still runs after {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Every market ticker, in byte order.
