@@ -439,8 +439,12 @@ async fn a_cancelled_or_expired_stream_stops_its_query() {
     let full = summary_of(&messages(&mut client, req.clone()).await.expect("full"));
     assert!(full.item_count > 10_000, "{full:?}");
 
+    // 1-second periods, filled: millions of candles, far more than the transport buffers, so the stream is
+    // still reading when the client gives up
+    let long = StreamCandlesRequest { interval_seconds: 1, fill_policy: FillPolicy::Previous as i32, ..req.clone() };
+
     // the client cancels after one message: the COPY is gone within a second
-    let mut stream = client.stream_candles(req.clone()).await.expect("stream").into_inner();
+    let mut stream = client.stream_candles(long.clone()).await.expect("stream").into_inner();
     stream.message().await.expect("message").expect("data");
     let copies = active_copies(&admin, &app.db.name).await;
     assert!((1..=2).contains(&copies), "the read is paused by backpressure, not finished: {copies} COPYs");
@@ -448,7 +452,7 @@ async fn a_cancelled_or_expired_stream_stops_its_query() {
     wait_until_no_copy(&admin, &app.db.name, std::time::Duration::from_secs(1)).await;
 
     // a deadline that passes mid-stream
-    let mut timed = tonic::Request::new(req.clone());
+    let mut timed = tonic::Request::new(long);
     timed.set_timeout(std::time::Duration::from_millis(300));
     let mut stream = client.stream_candles(timed).await.expect("stream").into_inner();
     stream.message().await.expect("message").expect("data");
