@@ -775,6 +775,18 @@ pub(crate) fn literal(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
 }
 
+/// The condition ` AND <column> IN (...)` that keeps the rows of `markets`; empty for all markets (None).
+pub(crate) fn ticker_filter(column: &str, markets: Option<&[String]>) -> String {
+    match markets {
+        None => String::new(),
+        Some([one]) => format!(" AND {column} = {}", literal(one)),
+        Some(markets) => {
+            let list: Vec<String> = markets.iter().map(|m| literal(m)).collect();
+            format!(" AND {column} IN ({})", list.join(", "))
+        }
+    }
+}
+
 /// A timestamp as an SQL literal.
 pub(crate) fn timestamp_literal(value: DateTime<Utc>) -> String {
     format!("'{}'::timestamptz", value.format("%Y-%m-%dT%H:%M:%S%.6fZ"))

@@ -117,14 +117,7 @@ pub fn select_sql(
         replay::timestamp_literal(start),
         replay::timestamp_literal(end),
     );
-    match markets {
-        None => {}
-        Some([one]) => sql.push_str(&format!(" AND ticker = {}", replay::literal(one))),
-        Some(markets) => {
-            let list: Vec<String> = markets.iter().map(|m| replay::literal(m)).collect();
-            sql.push_str(&format!(" AND ticker IN ({})", list.join(", ")));
-        }
-    }
+    sql.push_str(&replay::ticker_filter("ticker", markets));
     if let Some(watermark) = watermark {
         sql.push_str(&format!(" AND ingest_seq <= {watermark}"));
     }
