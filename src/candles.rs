@@ -9,10 +9,11 @@
 //! Periods are aligned to UTC midnight (the Unix epoch is one): an interval divides 86,400 seconds, so every
 //! period lies inside one UTC day.
 //!
-//! [`Stream`] is StreamCandles: the trades of the request's range read as StreamTrades reads them (one ordered
-//! COPY over the same snapshot and watermark), folded on the way. A resumed stream starts again at the period of
-//! its last candle and skips the candles up to it; what a market's fill and `previous` need from before that
-//! point is read first, in one statement over the same snapshot.
+//! [`Stream`] is StreamCandles: the request's range read over one snapshot and watermark, as pieces in time order
+//! (see [`crate::aggregates`]): whole days and minutes from the aggregates kept at write time where they tile the
+//! periods, the rest from the trades as StreamTrades reads them; all folded on the way. A resumed stream starts
+//! again at the period of its last candle and skips the candles up to it; what a market's fill and `previous`
+//! need from before that point is read first, in one statement over the same snapshot.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -22,6 +23,7 @@ use tokio::sync::mpsc;
 use tonic::Status;
 
 use crate::{
+    aggregates::{self, Level, Piece},
     copy,
     error::Error,
     proto::{self, CandleBatch, FillPolicy, StreamCandlesResponse, stream_candles_response::Payload},
@@ -80,29 +82,34 @@ impl replay::Body<StreamCandlesResponse> for Stream {
             aggregator.resume_at(*period);
         }
 
-        let segments: Vec<String> = replay::day_segments(from_time, self.common.end, None)
-            .into_iter()
-            .map(|(start, end)| {
-                let select = trades::select_sql(start, end, snapshot.markets.as_deref(), watermark, None);
-                format!("COPY ({select}) TO STDOUT (FORMAT binary)")
-            })
-            .collect();
+        let (sources, segments) = segments(from, end, self.interval, snapshot.markets.as_deref(), watermark);
         let mut copies = replay::OrderedCopy::start(snapshot, segments).await;
         let mut out = Out { batch: Vec::with_capacity(self.batch), size: self.batch, encoded: Vec::new() };
-        while let Some(mut blocks) = copies.next_segment().await? {
+        for source in sources {
+            let Some(mut blocks) = copies.next_segment().await? else { break };
             let mut reader = copy::Reader::default();
             while let Some(block) = blocks.recv().await {
                 for chunk in block? {
                     reader.push(chunk);
-                    while let Some(tuple) = reader.next_tuple::<7>()? {
-                        let trade = trades::parse(&reader, &tuple)?;
-                        aggregator.push(Tick {
-                            ts: trade.micros,
-                            ticker: trade.ticker,
-                            price: trade.yes_price_micros,
-                            count: trade.count_centi,
-                        });
-                        reader.consume(&tuple);
+                    match source {
+                        Source::Trades => {
+                            while let Some(tuple) = reader.next_tuple::<7>()? {
+                                let trade = trades::parse(&reader, &tuple)?;
+                                aggregator.push(Part::trade(
+                                    trade.micros,
+                                    trade.ticker,
+                                    trade.yes_price_micros,
+                                    trade.count_centi,
+                                ));
+                                reader.consume(&tuple);
+                            }
+                        }
+                        Source::Buckets => {
+                            while let Some(tuple) = reader.next_tuple::<10>()? {
+                                aggregator.push(aggregates::parse(&reader, &tuple)?);
+                                reader.consume(&tuple);
+                            }
+                        }
                     }
                     out.send_ready(&mut aggregator, after.as_ref(), &mut position, &self.resume, tx).await?;
                 }
@@ -118,6 +125,45 @@ impl replay::Body<StreamCandlesResponse> for Stream {
         let message = StreamCandlesResponse { payload: Some(Payload::Summary(summary)), resume_token: String::new() };
         replay::send(tx, message).await
     }
+}
+
+/// What a segment's rows are.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    /// Trades, as StreamTrades reads them.
+    Trades,
+    /// Aggregates of buckets (or, pinned below a bucket's data, that bucket's trades), see [`aggregates`].
+    Buckets,
+}
+
+/// The COPY statements that read [from, end) for `interval`, in order, and what each one reads: the write-time
+/// aggregates where whole buckets tile the periods, the trades elsewhere; each cut at midnights into runs of
+/// days (one or more day partitions, read two at a time by [`replay::OrderedCopy`]).
+fn segments(
+    from: i64,
+    end: i64,
+    interval: Interval,
+    markets: Option<&[String]>,
+    watermark: Option<i64>,
+) -> (Vec<Source>, Vec<String>) {
+    let time = |micros| DateTime::<Utc>::from_timestamp_micros(micros).unwrap_or_default();
+    let mut sources = Vec::new();
+    let mut segments = Vec::new();
+    for piece in aggregates::plan(from, end, &Level::tiling(interval.micros(), markets)) {
+        let (source, from, to, level) = match piece {
+            Piece::Trades { from, to } => (Source::Trades, from, to, None),
+            Piece::Buckets { level, from, to } => (Source::Buckets, from, to, Some(level)),
+        };
+        for (start, end) in replay::day_segments(time(from), time(to), None) {
+            let select = match level {
+                None => trades::select_sql(start, end, markets, watermark, None),
+                Some(level) => aggregates::select_sql(level, start, end, markets, watermark),
+            };
+            sources.push(source);
+            segments.push(format!("COPY ({select}) TO STDOUT (FORMAT binary)"));
+        }
+    }
+    (sources, segments)
 }
 
 /// Candles on their way out: the batch being filled.
@@ -213,13 +259,38 @@ impl Interval {
     }
 }
 
-/// One trade as the aggregator needs it.
+/// What the aggregator folds: one trade, or the aggregate of a market's trades in a bucket that lies inside one
+/// period (read from the write-time aggregates, see [`crate::aggregates`]).
 #[derive(Debug, Clone, Copy)]
-pub struct Tick<'a> {
+pub struct Part<'a> {
+    /// The trade's time, or the bucket's start.
     pub ts: i64,
     pub ticker: &'a str,
-    pub price: i64,
-    pub count: i64,
+    pub open: i64,
+    pub high: i64,
+    pub low: i64,
+    pub close: i64,
+    pub volume: i64,
+    pub trades: i64,
+    /// Σ price × count.
+    pub notional: i128,
+}
+
+impl<'a> Part<'a> {
+    /// One trade.
+    pub fn trade(ts: i64, ticker: &'a str, price: i64, count: i64) -> Self {
+        Self {
+            ts,
+            ticker,
+            open: price,
+            high: price,
+            low: price,
+            close: price,
+            volume: count,
+            trades: 1,
+            notional: i128::from(price) * i128::from(count),
+        }
+    }
 }
 
 /// A finished candle; times in microseconds since the epoch.
@@ -310,39 +381,40 @@ impl Aggregator {
         self.current = Some(period);
     }
 
-    /// Adds the next trade in the total order. Trades must lie in the range and come in ascending time.
-    pub fn push(&mut self, tick: Tick<'_>) {
-        let period = self.interval.start_of(tick.ts);
+    /// Adds the next trade, or bucket, in the total order: ascending time, and within a market the parts of a
+    /// period in time order. Parts must lie in the range.
+    pub fn push(&mut self, part: Part<'_>) {
+        let period = self.interval.start_of(part.ts);
         match self.current {
             Some(current) if current == period => {}
             Some(current) => {
-                debug_assert!(period > current, "trades come in ascending time");
+                debug_assert!(period > current, "parts come in ascending time");
                 self.close_period(current);
                 self.fill_until(current + self.interval.micros(), period);
                 self.current = Some(period);
             }
             None => self.current = Some(period),
         }
-        match self.open.get_mut(tick.ticker) {
+        match self.open.get_mut(part.ticker) {
             Some(acc) => {
-                acc.high = acc.high.max(tick.price);
-                acc.low = acc.low.min(tick.price);
-                acc.close = tick.price;
-                acc.volume += tick.count;
-                acc.trades += 1;
-                acc.notional += i128::from(tick.price) * i128::from(tick.count);
+                acc.high = acc.high.max(part.high);
+                acc.low = acc.low.min(part.low);
+                acc.close = part.close;
+                acc.volume += part.volume;
+                acc.trades += part.trades;
+                acc.notional += part.notional;
             }
             None => {
                 let acc = Accumulator {
-                    open: tick.price,
-                    high: tick.price,
-                    low: tick.price,
-                    close: tick.price,
-                    volume: tick.count,
-                    trades: 1,
-                    notional: i128::from(tick.price) * i128::from(tick.count),
+                    open: part.open,
+                    high: part.high,
+                    low: part.low,
+                    close: part.close,
+                    volume: part.volume,
+                    trades: part.trades,
+                    notional: part.notional,
                 };
-                self.open.insert(tick.ticker.to_owned(), acc);
+                self.open.insert(part.ticker.to_owned(), acc);
             }
         }
     }
@@ -506,11 +578,11 @@ mod tests {
 
     const MIN: i64 = 60 * MICROS;
 
-    fn tick(ts: i64, ticker: &str, price: i64, count: i64) -> Tick<'_> {
-        Tick { ts, ticker, price, count }
+    fn tick(ts: i64, ticker: &str, price: i64, count: i64) -> Part<'_> {
+        Part::trade(ts, ticker, price, count)
     }
 
-    fn run(fill: FillPolicy, range: (i64, i64), markets: &[(&str, MarketState)], ticks: &[Tick<'_>]) -> Vec<Candle> {
+    fn run(fill: FillPolicy, range: (i64, i64), markets: &[(&str, MarketState)], ticks: &[Part<'_>]) -> Vec<Candle> {
         let markets = markets.iter().map(|(t, s)| ((*t).to_owned(), *s)).collect();
         let mut aggregator = Aggregator::new(Interval::new(60).expect("interval"), fill, range.0, range.1, markets);
         let mut out = Vec::new();

@@ -11,6 +11,8 @@
 //!   selection, resume tokens, bounded channel, cancellation and deadlines.
 //! - [`trades`] — StreamTrades: the ordered COPY of the trades, row and column layouts, canonical encoding.
 //! - [`candles`] — OHLCV candles folded from trades in the total order: intervals, fill, VWAP, partial periods.
+//! - [`aggregates`] — trade aggregates per market-minute and market-day kept at write time, and how candle
+//!   streams read them in place of the trades.
 //! - [`copy`] — reader of PostgreSQL's binary COPY format.
 //! - [`hash`] — the streams' content hash: SHA-256 whose running state fits in a resume token.
 //! - [`service`] — IngestService (its RPCs answer UNIMPLEMENTED until they land).
@@ -30,6 +32,7 @@
 //! - [`bench_replay`] — `bench replay`: StreamTrades against psql's COPY of the same rows, and the server's RSS.
 //! - [`telemetry`] — logging.
 
+pub mod aggregates;
 pub mod app;
 pub mod bench;
 pub mod bench_candles;

@@ -247,10 +247,7 @@ async fn candles_equal_what_the_same_requests_trades_imply() {
             fill == FillPolicy::Previous,
             &before_and_close(&db, start).await,
         );
-        assert_eq!(candles.len(), expected.len(), "round {round}: interval {interval}, {fill:?}");
-        for (i, (got, expected)) in candles.iter().zip(&expected).enumerate() {
-            assert_eq!(got, expected, "round {round}, candle {i}: interval {interval}, {fill:?}");
-        }
+        assert_same(&candles, &expected, &format!("round {round}: interval {interval}, {fill:?}"));
         let summary = summary_of(&got);
         assert_eq!(summary.item_count, candles.len() as i64);
         assert_eq!(summary.content_hash, expected_hash(&candles));
@@ -469,4 +466,141 @@ async fn a_cancelled_or_expired_stream_stops_its_query() {
 
     // the pool is healthy after: the same stream again, the same summary
     assert_eq!(summary_of(&messages(&mut client, req).await.expect("after")), full);
+}
+
+/// The same candles, or the first that differs.
+fn assert_same(got: &[Candle], expected: &[Candle], what: &str) {
+    for (i, (got, expected)) in got.iter().zip(expected).enumerate() {
+        assert_eq!(got, expected, "{what}: candle {i}");
+    }
+    assert_eq!(got.len(), expected.len(), "{what}: the number of candles");
+}
+
+/// Whether trade_minutes and trade_days hold exactly what a recount of all trades gives.
+async fn assert_aggregates_recount(db: &PgClient, when: &str) {
+    for (table, width) in [("trade_minutes", "1 minute"), ("trade_days", "1 day")] {
+        let recount: String = db
+            .query_one(
+                "SELECT trade_aggregates_select(trade_aggregates_of_trades('trades'), $1::text::interval)",
+                &[&width],
+            )
+            .await
+            .expect("recount sql")
+            .get(0);
+        let sql = format!(
+            "WITH want AS ({recount}) SELECT count(*) FROM ((TABLE {table} EXCEPT ALL TABLE want)
+                 UNION ALL (TABLE want EXCEPT ALL TABLE {table})) AS differ"
+        );
+        let differ: i64 = db.query_one(&sql, &[]).await.expect("compare").get(0);
+        assert_eq!(differ, 0, "{when}: {table} differs from a recount of the trades");
+    }
+}
+
+#[tokio::test]
+async fn aggregates_merge_late_and_out_of_order_trades_and_pinned_streams_stay_exact() {
+    let app = TestApp::start().await;
+    let db = app.db.client().await;
+    let (start, end) = (micros("2026-01-05T00:00:00Z"), micros("2026-01-08T00:00:00Z"));
+    let days = |m: i64| DateTime::from_timestamp_micros(m).expect("time");
+    kalshi_replay::partitions::ensure_range(&db, days(start - 86_400 * MICROS), days(end)).await.expect("partitions");
+    db.batch_execute(
+        "INSERT INTO markets (ticker, event_ticker, series_ticker, status, updated_at) VALUES
+           ('A', 'E', 'S', 3, now()), ('B', 'E', 'S', 3, now()), ('C', 'E', 'S', 3, now())",
+    )
+    .await
+    .expect("markets");
+    let markets: Vec<String> = ["A", "B", "C"].map(String::from).to_vec();
+
+    // few distinct times, so that buckets hold many trades and trades share microseconds; ids out of time order
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let mut rows: Vec<(i64, String, String, i64, i64)> = (0..2400)
+        .map(|n| {
+            let minute = rng.random_range(0..3 * 1440 / 20) * 20;
+            let second = [0, 30 * MICROS, 60 * MICROS - 1][rng.random_range(0..3)];
+            let ts = start + minute * 60 * MICROS + second;
+            let id = format!("{:04}", rng.random_range(0..10_000) ^ n);
+            (ts, markets[rng.random_range(0..3)].clone(), id, rng.random_range(1..1_000_000), rng.random_range(1..500))
+        })
+        .collect();
+    rows.sort();
+    rows.dedup_by(|a, b| (a.0, &a.1, &a.2) == (b.0, &b.1, &b.2));
+    // shuffled: every batch lands into buckets that earlier batches opened, before and after their trades
+    for i in (1..rows.len()).rev() {
+        rows.swap(i, rng.random_range(0..=i));
+    }
+    let mut watermarks = Vec::new();
+    for batch in rows.chunks(100) {
+        let ts: Vec<_> = batch.iter().map(|r| days(r.0)).collect();
+        let tickers: Vec<&str> = batch.iter().map(|r| r.1.as_str()).collect();
+        let ids: Vec<&str> = batch.iter().map(|r| r.2.as_str()).collect();
+        let prices: Vec<i64> = batch.iter().map(|r| r.3).collect();
+        let counts: Vec<i64> = batch.iter().map(|r| r.4).collect();
+        db.execute(
+            "INSERT INTO trades (ts, ticker, trade_id, yes_price_micros, count_centi, taker_side)
+             SELECT *, 1 FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::int8[], $5::int8[])",
+            &[&ts, &tickers, &ids, &prices, &counts],
+        )
+        .await
+        .expect("batch");
+        watermarks.push(db.query_one("SELECT watermark FROM data_version", &[]).await.expect("w").get::<_, i64>(0));
+    }
+    assert_aggregates_recount(&db, "after shuffled batches").await;
+
+    let mut client = ReplayServiceClient::new(app.channel().await);
+    let closes = before_and_close(&db, start).await;
+    let check = async |client: &mut Client, req: StreamCandlesRequest, closes, what: &str| {
+        let candles = candles_of(&messages(client, req.clone()).await.expect("candles"));
+        let (from, to) = (micros_of(&req.start_time.expect("start")), micros_of(&req.end_time.expect("end")));
+        let expected = implied(&trades(client, &req).await, (from, to), i64::from(req.interval_seconds), false, closes);
+        assert!(!expected.is_empty(), "{what}");
+        assert_same(&candles, &expected, what);
+    };
+    for interval in [60, 3600, 86_400, 1200] {
+        // an early and a middle data version: most of their buckets took later trades since
+        for &w in [watermarks[3], watermarks[watermarks.len() / 2]].iter() {
+            let stale: i64 = db
+                .query_one("SELECT count(*) FROM trade_days WHERE max_ingest_seq > $1", &[&w])
+                .await
+                .expect("stale")
+                .get(0);
+            assert!(stale > 0, "the pinned requests read buckets that hold later trades");
+            let req = StreamCandlesRequest {
+                as_of_watermark: Some(w),
+                ..request(&markets, start, end, interval, FillPolicy::None)
+            };
+            check(&mut client, req, &closes, &format!("interval {interval} pinned to {w}")).await;
+        }
+        let req = request(&markets, start, end, interval, FillPolicy::None);
+        check(&mut client, req, &closes, &format!("interval {interval}, latest")).await;
+    }
+    // ragged ends (not on a minute), from the latest data: trades, then minutes, then days, then minutes, trades
+    let (from, to) = (start + 7 * 60 * MICROS + 30 * MICROS + 3, end - 13 * MICROS);
+    let ragged = (micros_of(&timestamp(from)), to);
+    let before = before_and_close(&db, ragged.0).await;
+    // one market reads its days from trade_days and the rest from its trades; two read minutes too
+    for (interval, selected) in [(60, 2), (86_400, 2), (86_400, 1), (3600, 1)] {
+        let req = request(&markets[..selected], ragged.0, ragged.1, interval, FillPolicy::Previous);
+        let candles = candles_of(&messages(&mut client, req.clone()).await.expect("ragged"));
+        let expected = implied(&trades(&mut client, &req).await, ragged, i64::from(interval), true, &before);
+        assert_same(&candles, &expected, &format!("ragged range, interval {interval}, {selected} markets"));
+    }
+    let req = StreamCandlesRequest {
+        as_of_watermark: Some(watermarks[3]),
+        ..request(&markets[..1], start, end, 86_400, FillPolicy::None)
+    };
+    check(&mut client, req, &closes, "one market's days, pinned").await;
+
+    // deletes and updates recount their buckets, old and new
+    db.batch_execute(
+        "DELETE FROM trades WHERE trade_id LIKE '%3';
+         UPDATE trades SET yes_price_micros = 999999 WHERE trade_id LIKE '%5';
+         UPDATE trades SET ts = ts + interval '1 day 7 minutes' WHERE trade_id LIKE '%7' AND ts < '2026-01-06'",
+    )
+    .await
+    .expect("deletes and updates");
+    assert_aggregates_recount(&db, "after deletes and updates").await;
+    for interval in [60, 86_400] {
+        let req = request(&markets, start, end, interval, FillPolicy::None);
+        check(&mut client, req, &closes, &format!("interval {interval} after deletes and updates")).await;
+    }
 }
