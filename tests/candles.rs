@@ -6,7 +6,7 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::DateTime;
-use common::{TestApp, active_copies, all_markets, wait_until_no_copy};
+use common::{TestApp, active_copies, all_markets, rss_kib, serve_binary, wait_until_no_copy};
 use kalshi_replay::proto::{
     Candle, FillPolicy, StreamCandlesRequest, StreamCandlesResponse, StreamSummary, StreamTradesRequest, Trade,
     replay_service_client::ReplayServiceClient, stream_candles_response::Payload,
@@ -602,5 +602,67 @@ async fn aggregates_merge_late_and_out_of_order_trades_and_pinned_streams_stay_e
     for interval in [60, 86_400] {
         let req = request(&markets, start, end, interval, FillPolicy::None);
         check(&mut client, req, &closes, &format!("interval {interval} after deletes and updates")).await;
+    }
+}
+
+/// The real binary serves candle streams far larger than its memory bound (from the minute aggregates, and from
+/// the trades at 1 second) to a client that reads slowly: its resident memory stays flat while the database read
+/// waits, and every candle arrives in the end.
+#[tokio::test]
+async fn a_slow_reader_keeps_the_server_memory_flat() {
+    let app = TestApp::start().await;
+    let db = app.db.client().await;
+    // 4 trades a second, each minute's 240 trades in 240 markets: about one candle per trade at both intervals
+    db.batch_execute(
+        "SELECT ensure_daily_partitions('2026-01-05Z', '2026-01-07Z');
+         INSERT INTO markets (ticker, event_ticker, series_ticker, status, updated_at)
+         SELECT 'KXM-' || m, 'KXM', 'KXM', 3, now() FROM generate_series(1, 2000) AS m;
+         INSERT INTO trades (ts, ticker, trade_id, yes_price_micros, count_centi, taker_side)
+         SELECT '2026-01-05Z'::timestamptz + i * interval '250 milliseconds', 'KXM-' || (1 + i % 2000),
+                md5(i::text), 1 + i % 999999, 100, 1 + i % 2
+           FROM generate_series(1, 600000) AS i;",
+    )
+    .await
+    .expect("trades");
+    let (_server, pid, channel) = serve_binary(&app.db.config).await;
+    let mut client = ReplayServiceClient::new(channel);
+    for (interval, unit) in [(60, "minute"), (1, "second")] {
+        let expected: i64 = db
+            .query_one(&format!("SELECT count(DISTINCT (date_trunc('{unit}', ts), ticker)) FROM trades"), &[])
+            .await
+            .expect("count")
+            .get(0);
+        let req = StreamCandlesRequest {
+            series_tickers: vec!["KXM".into()],
+            ..request(&[], micros("2026-01-05T00:00:00Z"), micros("2026-01-07T00:00:00Z"), interval, FillPolicy::None)
+        };
+        let mut stream = client.stream_candles(req).await.expect("stream").into_inner();
+        let mut count = 0;
+        let mut read_slowly = async |messages: usize| {
+            let mut peak = 0;
+            for _ in 0..messages {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                let message = stream.message().await.expect("message").expect("data");
+                count += candles_of(&[message]).len() as i64;
+                peak = peak.max(rss_kib(pid));
+            }
+            peak
+        };
+        let ramp = read_slowly(50).await;
+        let flat = read_slowly(75).await;
+        eprintln!("interval {interval}: server RSS peak {} MiB, then {} MiB", ramp / 1024, flat / 1024);
+        assert!(count < expected / 4, "the client has read only part of the stream");
+        let copies = active_copies(&app.db.admin().await, &app.db.name).await;
+        assert!((1..=2).contains(&copies), "interval {interval}: the database read waits: {copies} COPYs");
+        assert!(flat <= ramp + 4 * 1024, "interval {interval}: RSS grew from {ramp} KiB to {flat} KiB");
+        assert!(flat < 100 * 1024, "RSS {flat} KiB");
+        let mut last = None;
+        while let Some(message) = stream.message().await.expect("rest") {
+            count += candles_of(std::slice::from_ref(&message)).len() as i64;
+            last = Some(message);
+        }
+        assert_eq!(count, expected, "interval {interval}: every candle");
+        assert_eq!(summary_of(&[last.expect("summary")]).item_count, expected);
+        assert!(rss_kib(pid) / 1024 < 100, "under 100 MB after the whole stream");
     }
 }

@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use common::{TestApp, active_copies, all_markets, wait_until_no_copy};
+use common::{TestApp, active_copies, all_markets, rss_kib, serve_binary, wait_until_no_copy};
 use kalshi_replay::proto::{
     Layout, StreamSummary, StreamTradesRequest, StreamTradesResponse, Trade, TradeColumns,
     replay_service_client::ReplayServiceClient, stream_trades_response::Payload,
@@ -520,31 +520,10 @@ async fn fact_writers_take_ingest_seq_in_commit_order_and_the_watermark_follows_
     assert_eq!(summary_of(&messages(&mut client, pinned).await.expect("pinned")), before);
 }
 
-/// A URL of the test database for another process.
-fn url_of(config: &tokio_postgres::Config) -> String {
-    let host = match config.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-        other => panic!("a TCP host is needed, got {other:?}"),
-    };
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    format!(
-        "postgres://{}@{host}:{port}/{}",
-        config.get_user().unwrap_or("postgres"),
-        config.get_dbname().expect("dbname")
-    )
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
-    line.split_whitespace().nth(1).expect("value").parse().expect("number")
-}
-
 /// The real binary serves a stream far larger than its memory bound to a client that reads slowly: its resident
 /// memory stays flat while the database read waits.
 #[tokio::test]
 async fn a_slow_reader_keeps_the_server_memory_flat_and_pauses_the_database() {
-    use tokio::io::AsyncBufReadExt;
     let app = TestApp::start().await;
     let db = app.db.client().await;
     const TRADES: i64 = 600_000;
@@ -559,24 +538,7 @@ async fn a_slow_reader_keeps_the_server_memory_flat_and_pauses_the_database() {
     ))
     .await
     .expect("trades");
-    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_kalshi-replay"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--log", "info", "--partitions-ahead", "0"])
-        .env("DATABASE_URL", url_of(&app.db.config))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn");
-    let pid = server.id().expect("pid");
-    let mut lines = tokio::io::BufReader::new(server.stderr.take().expect("stderr")).lines();
-    let addr = loop {
-        let line = lines.next_line().await.expect("log").expect("server exited");
-        if let Some(addr) = line.split("local=").nth(1) {
-            break addr.trim().to_owned();
-        }
-    };
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let channel = Channel::from_shared(format!("http://{addr}")).expect("uri").connect().await.expect("connect");
+    let (_server, pid, channel) = serve_binary(&app.db.config).await;
     let mut client = ReplayServiceClient::new(channel);
     let req = StreamTradesRequest {
         series_tickers: vec!["KXM".into()],

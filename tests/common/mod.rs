@@ -164,12 +164,12 @@ pub struct TestApp {
     pub db: TestDb,
 }
 
-/// The trade COPYs running in `database`.
+/// The replay COPYs (of trades or of aggregates) running in `database`.
 pub async fn active_copies(admin: &Client, database: &str) -> i64 {
     admin
         .query_one(
             "SELECT count(*) FROM pg_stat_activity
-              WHERE datname = $1 AND state = 'active' AND query LIKE 'COPY (SELECT ts, ticker%'",
+              WHERE datname = $1 AND state = 'active' AND query LIKE 'COPY (SELECT %'",
             &[&database],
         )
         .await
@@ -177,7 +177,7 @@ pub async fn active_copies(admin: &Client, database: &str) -> i64 {
         .get(0)
 }
 
-/// Waits until no trade COPY runs in `database`; fails after `within`.
+/// Waits until no replay COPY runs in `database`; fails after `within`.
 pub async fn wait_until_no_copy(admin: &Client, database: &str, within: Duration) -> Duration {
     let started = Instant::now();
     loop {
@@ -247,4 +247,50 @@ impl TestApp {
             None => Ok(()),
         }
     }
+}
+
+/// A URL of the test database for another process.
+fn url_of(config: &Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        other => panic!("a TCP host is needed, got {other:?}"),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!(
+        "postgres://{}@{host}:{port}/{}",
+        config.get_user().unwrap_or("postgres"),
+        config.get_dbname().expect("dbname")
+    )
+}
+
+/// The real binary serving the database of `config` on a free port: the process (killed when dropped), its pid,
+/// and a channel to it.
+pub async fn serve_binary(config: &Config) -> (tokio::process::Child, u32, Channel) {
+    use tokio::io::AsyncBufReadExt;
+    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_kalshi-replay"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--log", "info", "--partitions-ahead", "0"])
+        .env("DATABASE_URL", url_of(config))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let pid = server.id().expect("pid");
+    let mut lines = tokio::io::BufReader::new(server.stderr.take().expect("stderr")).lines();
+    let addr = loop {
+        let line = lines.next_line().await.expect("log").expect("server exited");
+        if let Some(addr) = line.split("local=").nth(1) {
+            break addr.trim().to_owned();
+        }
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let channel = Channel::from_shared(format!("http://{addr}")).expect("uri").connect().await.expect("connect");
+    (server, pid, channel)
+}
+
+/// The resident memory of process `pid`, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
+    line.split_whitespace().nth(1).expect("value").parse().expect("number")
 }
