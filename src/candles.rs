@@ -15,7 +15,7 @@
 //! again at the period of its last candle and skips the candles up to it; what a market's fill and `previous`
 //! need from before that point is read first, in one statement over the same snapshot.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 use prost::Message;
@@ -350,6 +350,9 @@ pub struct Aggregator {
     open: BTreeMap<String, Accumulator>,
     /// Per market: the last price, whether it started, its close. Only markets with a known state are held.
     markets: HashMap<String, MarketState>,
+    /// With PREVIOUS fill: the started markets not found closed yet, in ticker order (periods only ascend, so a
+    /// market closed at one period stays out).
+    filling: BTreeSet<String>,
     /// Finished candles, in stream order, not yet taken.
     ready: Vec<Candle>,
 }
@@ -364,16 +367,13 @@ impl Aggregator {
         end: i64,
         markets: HashMap<String, MarketState>,
     ) -> Self {
-        Self {
-            interval,
-            fill: fill == FillPolicy::Previous,
-            start,
-            end,
-            current: None,
-            open: BTreeMap::new(),
-            markets,
-            ready: Vec::new(),
-        }
+        let fill = fill == FillPolicy::Previous;
+        let filling = if fill {
+            markets.iter().filter(|(_, m)| m.started).map(|(t, _)| t.clone()).collect()
+        } else {
+            BTreeSet::new()
+        };
+        Self { interval, fill, start, end, current: None, open: BTreeMap::new(), markets, filling, ready: Vec::new() }
     }
 
     /// Starts a resumed stream at `period`: the periods before it were delivered, so filling starts there.
@@ -454,6 +454,9 @@ impl Aggregator {
                 let state = self.markets.entry(ticker.clone()).or_default();
                 let previous = state.last;
                 state.last = Some(acc.close);
+                if !state.started && self.fill {
+                    self.filling.insert(ticker.clone());
+                }
                 state.started = true;
                 self.ready.push(Candle {
                     ticker,
@@ -502,20 +505,10 @@ impl Aggregator {
 
     /// The markets that get an empty candle for `period` unless they trade in it: started and not closed by its
     /// start, excluding those that trade in it; sorted descending, so that popping gives ticker order.
-    fn fill_candidates(&self, period: i64) -> Vec<String> {
-        if !self.fill {
-            return Vec::new();
-        }
-        let mut tickers: Vec<String> = self
-            .markets
-            .iter()
-            .filter(|(ticker, m)| {
-                m.started && m.close.is_none_or(|c| period < c) && !self.open.contains_key(ticker.as_str())
-            })
-            .map(|(ticker, _)| ticker.clone())
-            .collect();
-        tickers.sort_unstable_by(|a, b| b.cmp(a));
-        tickers
+    fn fill_candidates(&mut self, period: i64) -> Vec<String> {
+        let markets = &self.markets;
+        self.filling.retain(|ticker| markets[ticker].close.is_none_or(|c| period < c));
+        self.filling.iter().rev().filter(|ticker| !self.open.contains_key(ticker.as_str())).cloned().collect()
     }
 }
 
