@@ -15,7 +15,9 @@
 //!   streams read them in place of the trades.
 //! - [`copy`] — reader of PostgreSQL's binary COPY format.
 //! - [`hash`] — the streams' content hash: SHA-256 whose running state fits in a resume token.
-//! - [`service`] — IngestService (its RPCs answer UNIMPLEMENTED until they land).
+//! - [`ingest`] — the write core: validation, staging by binary COPY, one keyed insert, commit before the answer.
+//! - [`service`] — IngestService over the write core (IngestTrades; the other RPCs answer UNIMPLEMENTED until
+//!   they land).
 //! - [`proto`] — generated code of `kalshi.replay.v1` and the descriptor set for reflection.
 //! - [`time`] — Timestamp <-> chrono conversions.
 //! - [`token`] — opaque page/resume tokens: versioned, checksummed, bound to the request's filters.
@@ -46,6 +48,7 @@ pub mod db;
 pub mod error;
 pub mod generate;
 pub mod hash;
+pub mod ingest;
 pub mod migrate;
 pub mod partitions;
 pub mod pg;
