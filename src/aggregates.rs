@@ -15,7 +15,12 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::{candles::Part, copy, error::Error, replay};
+use crate::{
+    candles::{Part, Totals},
+    copy,
+    error::Error,
+    replay,
+};
 
 /// A bucket width that aggregates are kept at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,9 +144,7 @@ pub(crate) fn select_sql(
 /// The aggregate of one COPY tuple (columns as in [`select_sql`]).
 pub(crate) fn parse<'a>(reader: &'a copy::Reader, tuple: &copy::Tuple<10>) -> Result<Part<'a>, Error> {
     let notional = copy::text(reader.field(tuple, 9)?)?;
-    Ok(Part {
-        ts: copy::timestamp_micros(reader.field(tuple, 0)?)?,
-        ticker: copy::text(reader.field(tuple, 1)?)?,
+    let totals = Totals {
         open: copy::int8(reader.field(tuple, 3)?)?,
         high: copy::int8(reader.field(tuple, 4)?)?,
         low: copy::int8(reader.field(tuple, 5)?)?,
@@ -151,6 +154,11 @@ pub(crate) fn parse<'a>(reader: &'a copy::Reader, tuple: &copy::Tuple<10>) -> Re
         notional: notional
             .parse()
             .map_err(|_| Error::Malformed(format!("a bucket's notional is not a whole number: {notional:?}")))?,
+    };
+    Ok(Part {
+        ts: copy::timestamp_micros(reader.field(tuple, 0)?)?,
+        ticker: copy::text(reader.field(tuple, 1)?)?,
+        totals,
     })
 }
 

@@ -259,29 +259,20 @@ impl Interval {
     }
 }
 
-/// What the aggregator folds: one trade, or the aggregate of a market's trades in a bucket that lies inside one
+/// What the aggregator folds: one trade, or the totals of a market's trades in a bucket that lies inside one
 /// period (read from the write-time aggregates, see [`crate::aggregates`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Part<'a> {
     /// The trade's time, or the bucket's start.
     pub ts: i64,
     pub ticker: &'a str,
-    pub open: i64,
-    pub high: i64,
-    pub low: i64,
-    pub close: i64,
-    pub volume: i64,
-    pub trades: i64,
-    /// Σ price × count.
-    pub notional: i128,
+    pub totals: Totals,
 }
 
 impl<'a> Part<'a> {
     /// One trade.
     pub fn trade(ts: i64, ticker: &'a str, price: i64, count: i64) -> Self {
-        Self {
-            ts,
-            ticker,
+        let totals = Totals {
             open: price,
             high: price,
             low: price,
@@ -289,7 +280,33 @@ impl<'a> Part<'a> {
             volume: count,
             trades: 1,
             notional: i128::from(price) * i128::from(count),
-        }
+        };
+        Self { ts, ticker, totals }
+    }
+}
+
+/// What some trades of one market add up to: a part, or a market's current period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Totals {
+    pub open: i64,
+    pub high: i64,
+    pub low: i64,
+    pub close: i64,
+    pub volume: i64,
+    pub trades: i64,
+    /// Σ price × count: at most 10^6 × 2^63, hence 128 bits.
+    pub notional: i128,
+}
+
+impl Totals {
+    /// Adds the totals of the trades that follow these in the total order.
+    fn add(&mut self, later: &Self) {
+        self.high = self.high.max(later.high);
+        self.low = self.low.min(later.low);
+        self.close = later.close;
+        self.volume += later.volume;
+        self.trades += later.trades;
+        self.notional += later.notional;
     }
 }
 
@@ -309,19 +326,6 @@ pub struct Candle {
     pub previous: Option<i64>,
     pub empty: bool,
     pub partial: bool,
-}
-
-/// What a market's trades in the current period add up to.
-#[derive(Debug, Clone)]
-struct Accumulator {
-    open: i64,
-    high: i64,
-    low: i64,
-    close: i64,
-    volume: i64,
-    trades: i64,
-    /// Σ price × count: at most 10^6 × 2^63, hence 128 bits.
-    notional: i128,
 }
 
 /// What PREVIOUS fill and `previous` need to know of a market between periods.
@@ -347,7 +351,7 @@ pub struct Aggregator {
     /// The current period's start; None before the first trade.
     current: Option<i64>,
     /// The markets that traded in the current period, in ticker (byte) order.
-    open: BTreeMap<String, Accumulator>,
+    open: BTreeMap<String, Totals>,
     /// Per market: the last price, whether it started, its close. Only markets with a known state are held.
     markets: HashMap<String, MarketState>,
     /// With PREVIOUS fill: the started markets not found closed yet, in ticker order (periods only ascend, so a
@@ -396,25 +400,9 @@ impl Aggregator {
             None => self.current = Some(period),
         }
         match self.open.get_mut(part.ticker) {
-            Some(acc) => {
-                acc.high = acc.high.max(part.high);
-                acc.low = acc.low.min(part.low);
-                acc.close = part.close;
-                acc.volume += part.volume;
-                acc.trades += part.trades;
-                acc.notional += part.notional;
-            }
+            Some(totals) => totals.add(&part.totals),
             None => {
-                let acc = Accumulator {
-                    open: part.open,
-                    high: part.high,
-                    low: part.low,
-                    close: part.close,
-                    volume: part.volume,
-                    trades: part.trades,
-                    notional: part.notional,
-                };
-                self.open.insert(part.ticker.to_owned(), acc);
+                self.open.insert(part.ticker.to_owned(), part.totals);
             }
         }
     }
@@ -450,10 +438,10 @@ impl Aggregator {
                 (None, None) => break,
             };
             if take_traded {
-                let (ticker, acc) = traded.next().expect("peeked");
+                let (ticker, totals) = traded.next().expect("peeked");
                 let state = self.markets.entry(ticker.clone()).or_default();
                 let previous = state.last;
-                state.last = Some(acc.close);
+                state.last = Some(totals.close);
                 if !state.started && self.fill {
                     self.filling.insert(ticker.clone());
                 }
@@ -462,13 +450,13 @@ impl Aggregator {
                     ticker,
                     period_start: period,
                     period_end,
-                    open: acc.open,
-                    high: acc.high,
-                    low: acc.low,
-                    close: acc.close,
-                    volume: acc.volume,
-                    trades: acc.trades,
-                    vwap: vwap(acc.notional, acc.volume).unwrap_or(acc.close),
+                    open: totals.open,
+                    high: totals.high,
+                    low: totals.low,
+                    close: totals.close,
+                    volume: totals.volume,
+                    trades: totals.trades,
+                    vwap: vwap(totals.notional, totals.volume).unwrap_or(totals.close),
                     previous,
                     empty: false,
                     partial,
