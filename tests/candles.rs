@@ -50,12 +50,7 @@ async fn messages(
     client: &mut Client,
     request: StreamCandlesRequest,
 ) -> Result<Vec<StreamCandlesResponse>, tonic::Status> {
-    let mut stream = client.stream_candles(request).await?.into_inner();
-    let mut out = Vec::new();
-    while let Some(message) = stream.message().await? {
-        out.push(message);
-    }
-    Ok(out)
+    common::collect(client.stream_candles(request).await?.into_inner()).await
 }
 
 fn candles_of(messages: &[StreamCandlesResponse]) -> Vec<Candle> {
@@ -96,14 +91,16 @@ async fn trades(client: &mut Client, req: &StreamCandlesRequest) -> Vec<Trade> {
         as_of_watermark: req.as_of_watermark,
         ..Default::default()
     };
-    let mut stream = client.stream_trades(request).await.expect("trades").into_inner();
-    let mut out = Vec::new();
-    while let Some(message) = stream.message().await.expect("trade message") {
-        if let Some(TradePayload::Trades(batch)) = message.payload {
-            out.extend(batch.trades);
-        }
-    }
-    out
+    let stream = client.stream_trades(request).await.expect("trades").into_inner();
+    let messages = common::collect(stream).await.expect("trade messages");
+    messages
+        .into_iter()
+        .filter_map(|m| match m.payload {
+            Some(TradePayload::Trades(batch)) => Some(batch.trades),
+            _ => None,
+        })
+        .flatten()
+        .collect()
 }
 
 /// Per market: the last trade price before `start`, and the close time.

@@ -72,15 +72,16 @@ async fn stored_trades(channel: &Channel, as_of: Option<i64>) -> Vec<Trade> {
         as_of_watermark: as_of,
         ..Default::default()
     };
-    let mut stream =
-        ReplayServiceClient::new(channel.clone()).stream_trades(request).await.expect("replay").into_inner();
-    let mut out = Vec::new();
-    while let Some(message) = stream.message().await.expect("message") {
-        if let Some(stream_trades_response::Payload::Trades(batch)) = message.payload {
-            out.extend(batch.trades);
-        }
-    }
-    out
+    let stream = ReplayServiceClient::new(channel.clone()).stream_trades(request).await.expect("replay").into_inner();
+    let messages = common::collect(stream).await.expect("messages");
+    messages
+        .into_iter()
+        .filter_map(|m| match m.payload {
+            Some(stream_trades_response::Payload::Trades(batch)) => Some(batch.trades),
+            _ => None,
+        })
+        .flatten()
+        .collect()
 }
 
 async fn markets(db: &PgClient) {
@@ -219,15 +220,17 @@ async fn late_trades_move_coverage_and_candles_but_not_a_pinned_replay() {
             as_of_watermark: as_of,
             ..Default::default()
         };
-        let mut stream =
+        let stream =
             ReplayServiceClient::new(channel.clone()).stream_candles(request).await.expect("candles").into_inner();
-        let mut out = Vec::new();
-        while let Some(message) = stream.message().await.expect("message") {
-            if let Some(stream_candles_response::Payload::Candles(batch)) = message.payload {
-                out.extend(batch.candles);
-            }
-        }
-        out
+        let messages = common::collect(stream).await.expect("messages");
+        messages
+            .into_iter()
+            .filter_map(|m| match m.payload {
+                Some(stream_candles_response::Payload::Candles(batch)) => Some(batch.candles),
+                _ => None,
+            })
+            .flatten()
+            .collect::<Vec<_>>()
     };
     let before = candles(None).await;
     // a late trade into the first minute of KX-A, earlier than everything there: it becomes the day's open

@@ -38,12 +38,7 @@ async fn messages(
     client: &mut Client,
     request: StreamTradesRequest,
 ) -> Result<Vec<StreamTradesResponse>, tonic::Status> {
-    let mut stream = client.stream_trades(request).await?.into_inner();
-    let mut out = Vec::new();
-    while let Some(message) = stream.message().await? {
-        out.push(message);
-    }
-    Ok(out)
+    common::collect(client.stream_trades(request).await?.into_inner()).await
 }
 
 /// The trades of data messages in either layout (columns rebuilt into rows with the stream's dictionary).
