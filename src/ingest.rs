@@ -1,33 +1,164 @@
-//! The write core of IngestService: validation of every item before anything is written, staging by binary
-//! COPY into a temporary table, one keyed `INSERT ... ON CONFLICT DO NOTHING` into the fact table, and the commit
-//! before the acknowledgement.
+//! The write core shared by IngestService and `import`: validation of every item before anything is written,
+//! staging by binary COPY into temporary tables, one keyed statement per table, and the commit before the
+//! acknowledgement.
 //!
-//! A write is one transaction. Items are validated as they arrive and staged in chunks, so a client stream of
-//! any length holds at most [`STAGE_ROWS`] rows in the server. The fact tables' triggers then do the rest in the
-//! same statement: coverage counts (0002), the watermark in commit order (0003) and the trade aggregates (0006).
-//! The advisory lock that serializes fact writers is taken by that one INSERT, so writers stage side by side and
-//! queue only for their final statement.
+//! A [`Write`] is one transaction. Items are validated into rows (one struct per table) as they arrive and held
+//! in a [`Batch`], which copies them to the table's staging table every [`STAGE_ROWS`] rows, so a write of any
+//! length holds at most that many rows per table in the server. [`Batch::store`] then runs the one statement
+//! that stores the staged rows:
+//! - facts (trades, order-book snapshots and deltas, lifecycle events): `INSERT ... SELECT ... ORDER BY key ON
+//!   CONFLICT DO NOTHING`. Re-sent facts are skipped and counted as duplicates. The fact tables' triggers do the
+//!   rest in the same statement: coverage counts (0002), the watermark in commit order (0003) and the trade
+//!   aggregates (0006). The advisory lock that serializes fact writers is taken by that statement, so writers
+//!   stage side by side and queue only for their final statements;
+//! - reference rows (series, events, markets, settlements): an upsert, last writer wins on `updated_at`. Of the
+//!   rows with one key in a request, the latest `updated_at` wins, and the last sent on a tie. A stored row is
+//!   replaced only by a strictly newer one whose content differs, so re-sending a row changes nothing.
 //!
-//! Daily partitions are created before staging, on another connection, for the UTC days the items touch: a
-//! partition's creation locks its parent exclusively, which must not be held for the rest of a long write. A
-//! write that then fails leaves those partitions (empty) behind, and nothing else.
+//! Daily partitions are created before staging, on another connection, for the UTC days the facts touch (0007:
+//! without locking out readers). A write that then fails leaves those partitions (empty) behind, and nothing else.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::pin::pin;
 
 use chrono::{DateTime, NaiveDate, Utc};
+use prost_types::Timestamp;
+use rust_decimal::Decimal;
 use tokio_postgres::{binary_copy::BinaryCopyInWriter, types::ToSql, types::Type};
 
 use crate::{
     db::{Manager, Pool},
     error::Error,
     partitions,
-    proto::{self, Side},
+    proto::{self, LifecycleEventType, MarketStatus, MarketType, SettlementResult, Side},
     time,
 };
 
-/// Rows validated and held before they are copied to the staging table.
-const STAGE_ROWS: usize = 4096;
+/// Rows validated and held per table before they are copied to its staging table.
+pub const STAGE_ROWS: usize = 4096;
+
+/// Where an item sits in a request, for error messages: `trades[3]` for the fourth trade of a request, or the
+/// bare kind (`trade`) when the caller gives the position itself (the importer's file and line).
+#[derive(Debug, Clone, Copy)]
+pub struct At {
+    pub kind: &'static str,
+    pub index: Option<usize>,
+}
+
+impl At {
+    /// The item `index` of the request's list `kind`.
+    pub fn item(kind: &'static str, index: usize) -> Self {
+        Self { kind, index: Some(index) }
+    }
+
+    fn field(self, name: &str) -> String {
+        format!("{self}.{name}")
+    }
+
+    fn invalid(self, name: &str, reason: impl Into<String>) -> Error {
+        Error::invalid(self.field(name), reason)
+    }
+}
+
+impl fmt::Display for At {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.index {
+            Some(i) => write!(f, "{}[{i}]", self.kind),
+            None => f.write_str(self.kind),
+        }
+    }
+}
+
+/// A required text field: not empty, no NUL (PostgreSQL's text cannot hold one), at most 256 bytes.
+fn key_text(at: At, name: &str, value: &str) -> Result<String, Error> {
+    if value.is_empty() {
+        return Err(at.invalid(name, "is required"));
+    }
+    if value.len() > 256 {
+        return Err(at.invalid(name, format!("must be at most 256 bytes, got {}", value.len())));
+    }
+    free_text(at, name, value)
+}
+
+/// An optional text field: no NUL.
+fn free_text(at: At, name: &str, value: &str) -> Result<String, Error> {
+    if value.contains('\0') {
+        return Err(at.invalid(name, "must not contain NUL"));
+    }
+    Ok(value.to_owned())
+}
+
+fn required_time(at: At, name: &str, value: Option<&Timestamp>) -> Result<DateTime<Utc>, Error> {
+    match value {
+        Some(t) => time::from_proto(t, &at.field(name)),
+        None => Err(at.invalid(name, "is required")),
+    }
+}
+
+fn optional_time(at: At, name: &str, value: Option<&Timestamp>) -> Result<Option<DateTime<Utc>>, Error> {
+    value.map(|t| time::from_proto(t, &at.field(name))).transpose()
+}
+
+/// A price strictly inside (0, 1 USD).
+fn price(at: At, name: &str, micros: i64) -> Result<i64, Error> {
+    if (1..=999_999).contains(&micros) {
+        Ok(micros)
+    } else {
+        Err(at.invalid(name, format!("must be between 1 and 999999, got {micros}")))
+    }
+}
+
+fn positive(at: At, name: &str, centi: i64) -> Result<i64, Error> {
+    if centi > 0 { Ok(centi) } else { Err(at.invalid(name, format!("must be greater than 0, got {centi}"))) }
+}
+
+fn side(at: At, name: &str, value: i32) -> Result<i16, Error> {
+    match Side::try_from(value) {
+        Ok(Side::Yes) => Ok(1),
+        Ok(Side::No) => Ok(2),
+        _ => Err(at.invalid(name, format!("must be SIDE_YES (1) or SIDE_NO (2), got {value}"))),
+    }
+}
+
+/// A settlement value: 0 to 1 USD inclusive.
+fn payout(at: At, name: &str, micros: i64) -> Result<i64, Error> {
+    if (0..=1_000_000).contains(&micros) {
+        Ok(micros)
+    } else {
+        Err(at.invalid(name, format!("must be between 0 and 1000000, got {micros}")))
+    }
+}
+
+fn non_negative(at: At, name: &str, value: i64) -> Result<i64, Error> {
+    if value >= 0 { Ok(value) } else { Err(at.invalid(name, format!("must be 0 or more, got {value}"))) }
+}
+
+/// A result code other than unspecified (1 yes, 2 no, 3 scalar, 4 void).
+fn result_code(at: At, name: &str, value: i32) -> Result<i16, Error> {
+    match SettlementResult::try_from(value) {
+        Ok(r) if r != SettlementResult::Unspecified => Ok(value as i16),
+        _ => {
+            Err(at.invalid(name, format!("must be SETTLEMENT_RESULT_YES, _NO, _SCALAR or _VOID (1 to 4), got {value}")))
+        }
+    }
+}
+
+/// An exact decimal string (a strike), or empty for none.
+fn strike(at: At, name: &str, value: &str) -> Result<Option<Decimal>, Error> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    let plain = value.strip_prefix('-').unwrap_or(value);
+    let digits = plain.split_once('.').map_or((plain, "0"), |(i, f)| (i, f));
+    let ok = !digits.0.is_empty()
+        && !digits.1.is_empty()
+        && digits.0.bytes().chain(digits.1.bytes()).all(|b| b.is_ascii_digit());
+    match Decimal::from_str_exact(value) {
+        Ok(d) if ok => Ok(Some(d)),
+        _ => Err(at.invalid(name, format!("must be a decimal number such as \"99999.99\", got {value:?}"))),
+    }
+}
 
 /// A trade as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,132 +171,765 @@ pub struct TradeRow {
     pub taker_side: i16,
 }
 
-/// Checks one trade of a write; `index` counts from the first trade of the whole request.
-pub fn validate_trade(index: usize, trade: &proto::Trade) -> Result<TradeRow, Error> {
-    let field = |name: &str| format!("trades[{index}].{name}");
-    let ticker = text(&trade.market_ticker, &field("market_ticker"))?;
-    let trade_id = text(&trade.trade_id, &field("trade_id"))?;
-    let ts = match &trade.time {
-        Some(t) => time::from_proto(t, &field("time"))?,
-        None => return Err(Error::invalid(field("time"), "is required")),
-    };
-    let yes = trade.yes_price_micros;
-    if !(1..=999_999).contains(&yes) {
-        return Err(Error::invalid(field("yes_price_micros"), format!("must be between 1 and 999999, got {yes}")));
-    }
+/// Checks one trade.
+pub fn validate_trade(at: At, trade: &proto::Trade) -> Result<TradeRow, Error> {
+    let ticker = key_text(at, "market_ticker", &trade.market_ticker)?;
+    let trade_id = key_text(at, "trade_id", &trade.trade_id)?;
+    let ts = required_time(at, "time", trade.time.as_ref())?;
+    let yes = price(at, "yes_price_micros", trade.yes_price_micros)?;
     let no = trade.no_price_micros;
     if no != 0 && no != 1_000_000 - yes {
-        return Err(Error::invalid(
-            field("no_price_micros"),
+        return Err(at.invalid(
+            "no_price_micros",
             format!("must be 0 (derived) or 1000000 - yes_price_micros = {}, got {no}", 1_000_000 - yes),
         ));
     }
-    if trade.count_centi <= 0 {
-        return Err(Error::invalid(field("count_centi"), format!("must be greater than 0, got {}", trade.count_centi)));
+    let count_centi = positive(at, "count_centi", trade.count_centi)?;
+    let taker_side = side(at, "taker_side", trade.taker_side)?;
+    Ok(TradeRow { ts, ticker, trade_id, yes_price_micros: yes, count_centi, taker_side })
+}
+
+/// An order-book snapshot as stored: parallel arrays per side, ascending price.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotRow {
+    pub ts: DateTime<Utc>,
+    pub ticker: String,
+    pub sid: i64,
+    pub seq: i64,
+    pub yes_price_micros: Vec<i64>,
+    pub yes_size_centi: Vec<i64>,
+    pub no_price_micros: Vec<i64>,
+    pub no_size_centi: Vec<i64>,
+}
+
+/// Checks one snapshot: every level's price and size, and prices strictly ascending per side.
+pub fn validate_snapshot(at: At, snapshot: &proto::OrderbookSnapshot) -> Result<SnapshotRow, Error> {
+    let ticker = key_text(at, "market_ticker", &snapshot.market_ticker)?;
+    let ts = required_time(at, "time", snapshot.time.as_ref())?;
+    let sid = non_negative(at, "sid", snapshot.sid)?;
+    let seq = non_negative(at, "seq", snapshot.seq)?;
+    let levels = |name: &str, levels: &[proto::OrderbookLevel]| -> Result<(Vec<i64>, Vec<i64>), Error> {
+        let mut prices = Vec::with_capacity(levels.len());
+        let mut sizes = Vec::with_capacity(levels.len());
+        for (i, level) in levels.iter().enumerate() {
+            let p = price(at, &format!("{name}[{i}].price_micros"), level.price_micros)?;
+            if prices.last().is_some_and(|&last| last >= p) {
+                return Err(at.invalid(&format!("{name}[{i}].price_micros"), "must be above the previous level's"));
+            }
+            prices.push(p);
+            sizes.push(positive(at, &format!("{name}[{i}].size_centi"), level.size_centi)?);
+        }
+        Ok((prices, sizes))
+    };
+    let (yes_price_micros, yes_size_centi) = levels("yes_bids", &snapshot.yes_bids)?;
+    let (no_price_micros, no_size_centi) = levels("no_bids", &snapshot.no_bids)?;
+    Ok(SnapshotRow { ts, ticker, sid, seq, yes_price_micros, yes_size_centi, no_price_micros, no_size_centi })
+}
+
+/// An order-book delta as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeltaRow {
+    pub ts: DateTime<Utc>,
+    pub ticker: String,
+    pub sid: i64,
+    pub seq: i64,
+    pub side: i16,
+    pub price_micros: i64,
+    pub delta_centi: i64,
+}
+
+/// Checks one delta.
+pub fn validate_delta(at: At, delta: &proto::OrderbookDelta) -> Result<DeltaRow, Error> {
+    let ticker = key_text(at, "market_ticker", &delta.market_ticker)?;
+    let ts = required_time(at, "time", delta.time.as_ref())?;
+    let sid = non_negative(at, "sid", delta.sid)?;
+    let seq = non_negative(at, "seq", delta.seq)?;
+    let side = side(at, "side", delta.side)?;
+    let price_micros = price(at, "price_micros", delta.price_micros)?;
+    if delta.delta_centi == 0 {
+        return Err(at.invalid("delta_centi", "must not be 0"));
     }
-    let taker_side = match Side::try_from(trade.taker_side) {
-        Ok(Side::Yes) => 1,
-        Ok(Side::No) => 2,
+    Ok(DeltaRow { ts, ticker, sid, seq, side, price_micros, delta_centi: delta.delta_centi })
+}
+
+/// A market lifecycle event as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LifecycleRow {
+    pub ts: DateTime<Utc>,
+    pub ticker: String,
+    pub event_type: i16,
+    pub open_time: Option<DateTime<Utc>>,
+    pub close_time: Option<DateTime<Utc>>,
+    pub result: Option<i16>,
+    pub settlement_value_micros: Option<i64>,
+    pub determined_time: Option<DateTime<Utc>>,
+    pub settled_time: Option<DateTime<Utc>>,
+}
+
+/// Checks one lifecycle event.
+pub fn validate_lifecycle(at: At, event: &proto::LifecycleEvent) -> Result<LifecycleRow, Error> {
+    let ticker = key_text(at, "market_ticker", &event.market_ticker)?;
+    let ts = required_time(at, "time", event.time.as_ref())?;
+    let event_type = match LifecycleEventType::try_from(event.event_type) {
+        Ok(t) if t != LifecycleEventType::Unspecified => event.event_type as i16,
         _ => {
-            return Err(Error::invalid(
-                field("taker_side"),
-                format!("must be SIDE_YES (1) or SIDE_NO (2), got {}", trade.taker_side),
+            return Err(at.invalid(
+                "event_type",
+                format!("must be one of LIFECYCLE_EVENT_TYPE_CREATED .. _SETTLED (1 to 6), got {}", event.event_type),
             ));
         }
     };
-    Ok(TradeRow {
+    let result = match event.result {
+        0 => None,
+        r => Some(result_code(at, "result", r)?),
+    };
+    let settlement_value_micros =
+        event.settlement_value_micros.map(|v| payout(at, "settlement_value_micros", v)).transpose()?;
+    Ok(LifecycleRow {
         ts,
-        ticker: ticker.to_owned(),
-        trade_id: trade_id.to_owned(),
-        yes_price_micros: yes,
-        count_centi: trade.count_centi,
-        taker_side,
+        ticker,
+        event_type,
+        open_time: optional_time(at, "open_time", event.open_time.as_ref())?,
+        close_time: optional_time(at, "close_time", event.close_time.as_ref())?,
+        result,
+        settlement_value_micros,
+        determined_time: optional_time(at, "determined_time", event.determined_time.as_ref())?,
+        settled_time: optional_time(at, "settled_time", event.settled_time.as_ref())?,
     })
 }
 
-/// A required text field: not empty, no NUL (PostgreSQL's text cannot hold one), at most 256 bytes.
-fn text<'a>(value: &'a str, field: &str) -> Result<&'a str, Error> {
-    if value.is_empty() {
-        return Err(Error::invalid(field, "is required"));
-    }
-    if value.contains('\0') {
-        return Err(Error::invalid(field, "must not contain NUL"));
-    }
-    if value.len() > 256 {
-        return Err(Error::invalid(field, format!("must be at most 256 bytes, got {}", value.len())));
-    }
-    Ok(value)
+/// A series as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeriesRow {
+    pub ticker: String,
+    pub title: String,
+    pub category: String,
+    pub tags: Vec<String>,
+    pub frequency: String,
+    pub contract_url: String,
+    pub fee_type: String,
+    pub updated_at: DateTime<Utc>,
 }
 
-/// What a fact write stored.
+/// Checks one series; an unset updated_time is `now`, the time of the write.
+pub fn validate_series(at: At, series: &proto::Series, now: DateTime<Utc>) -> Result<SeriesRow, Error> {
+    let tags = series
+        .tags
+        .iter()
+        .enumerate()
+        .map(|(i, tag)| free_text(at, &format!("tags[{i}]"), tag))
+        .collect::<Result<_, _>>()?;
+    Ok(SeriesRow {
+        ticker: key_text(at, "ticker", &series.ticker)?,
+        title: free_text(at, "title", &series.title)?,
+        category: free_text(at, "category", &series.category)?,
+        tags,
+        frequency: free_text(at, "frequency", &series.frequency)?,
+        contract_url: free_text(at, "contract_url", &series.contract_url)?,
+        fee_type: free_text(at, "fee_type", &series.fee_type)?,
+        updated_at: optional_time(at, "updated_time", series.updated_time.as_ref())?.unwrap_or(now),
+    })
+}
+
+/// An event as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRow {
+    pub event_ticker: String,
+    pub series_ticker: String,
+    pub title: String,
+    pub sub_title: String,
+    pub category: String,
+    pub mutually_exclusive: bool,
+    pub strike_date: Option<DateTime<Utc>>,
+    pub strike_period: String,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Checks one event; an unset updated_time is `now`.
+pub fn validate_event(at: At, event: &proto::Event, now: DateTime<Utc>) -> Result<EventRow, Error> {
+    Ok(EventRow {
+        event_ticker: key_text(at, "event_ticker", &event.event_ticker)?,
+        series_ticker: key_text(at, "series_ticker", &event.series_ticker)?,
+        title: free_text(at, "title", &event.title)?,
+        sub_title: free_text(at, "sub_title", &event.sub_title)?,
+        category: free_text(at, "category", &event.category)?,
+        mutually_exclusive: event.mutually_exclusive,
+        strike_date: optional_time(at, "strike_date", event.strike_date.as_ref())?,
+        strike_period: free_text(at, "strike_period", &event.strike_period)?,
+        updated_at: optional_time(at, "updated_time", event.updated_time.as_ref())?.unwrap_or(now),
+    })
+}
+
+/// A market as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MarketRow {
+    pub ticker: String,
+    pub event_ticker: String,
+    pub series_ticker: String,
+    pub market_type: i16,
+    pub title: String,
+    pub yes_sub_title: String,
+    pub no_sub_title: String,
+    pub status: i16,
+    pub open_time: Option<DateTime<Utc>>,
+    pub close_time: Option<DateTime<Utc>>,
+    pub expected_expiration_time: Option<DateTime<Utc>>,
+    pub latest_expiration_time: Option<DateTime<Utc>>,
+    pub settlement_timer_seconds: Option<i32>,
+    pub can_close_early: bool,
+    pub strike_type: String,
+    pub floor_strike: Option<Decimal>,
+    pub cap_strike: Option<Decimal>,
+    pub rules_primary: String,
+    pub rules_secondary: String,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Checks one market; an unset market_type is binary, an unset updated_time is `now`.
+pub fn validate_market(at: At, market: &proto::Market, now: DateTime<Utc>) -> Result<MarketRow, Error> {
+    let market_type = match MarketType::try_from(market.market_type) {
+        Ok(MarketType::Unspecified | MarketType::Binary) => 1,
+        Ok(MarketType::Scalar) => 2,
+        Err(_) => {
+            return Err(at.invalid(
+                "market_type",
+                format!("must be MARKET_TYPE_BINARY (1) or MARKET_TYPE_SCALAR (2), got {}", market.market_type),
+            ));
+        }
+    };
+    let status = match MarketStatus::try_from(market.status) {
+        Ok(s) if s != MarketStatus::Unspecified => market.status as i16,
+        _ => {
+            return Err(at.invalid(
+                "status",
+                format!("must be one of MARKET_STATUS_INITIALIZED .. _FINALIZED (1 to 8), got {}", market.status),
+            ));
+        }
+    };
+    if market.settlement_timer_seconds < 0 {
+        return Err(at.invalid(
+            "settlement_timer_seconds",
+            format!("must be 0 or more, got {}", market.settlement_timer_seconds),
+        ));
+    }
+    Ok(MarketRow {
+        ticker: key_text(at, "ticker", &market.ticker)?,
+        event_ticker: key_text(at, "event_ticker", &market.event_ticker)?,
+        series_ticker: key_text(at, "series_ticker", &market.series_ticker)?,
+        market_type,
+        title: free_text(at, "title", &market.title)?,
+        yes_sub_title: free_text(at, "yes_sub_title", &market.yes_sub_title)?,
+        no_sub_title: free_text(at, "no_sub_title", &market.no_sub_title)?,
+        status,
+        open_time: optional_time(at, "open_time", market.open_time.as_ref())?,
+        close_time: optional_time(at, "close_time", market.close_time.as_ref())?,
+        expected_expiration_time: optional_time(
+            at,
+            "expected_expiration_time",
+            market.expected_expiration_time.as_ref(),
+        )?,
+        latest_expiration_time: optional_time(at, "latest_expiration_time", market.latest_expiration_time.as_ref())?,
+        settlement_timer_seconds: Some(market.settlement_timer_seconds),
+        can_close_early: market.can_close_early,
+        strike_type: free_text(at, "strike_type", &market.strike_type)?,
+        floor_strike: strike(at, "floor_strike", &market.floor_strike)?,
+        cap_strike: strike(at, "cap_strike", &market.cap_strike)?,
+        rules_primary: free_text(at, "rules_primary", &market.rules_primary)?,
+        rules_secondary: free_text(at, "rules_secondary", &market.rules_secondary)?,
+        updated_at: optional_time(at, "updated_time", market.updated_time.as_ref())?.unwrap_or(now),
+    })
+}
+
+/// A settlement as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettlementRow {
+    pub market_ticker: String,
+    pub event_ticker: String,
+    pub series_ticker: String,
+    pub result: i16,
+    pub settlement_value_micros: i64,
+    pub determined_time: Option<DateTime<Utc>>,
+    pub settled_time: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Checks one settlement. A YES result pays 1 USD and a NO result nothing: their value may be left 0 (derived)
+/// or must say so.
+pub fn validate_settlement(at: At, settlement: &proto::Settlement, now: DateTime<Utc>) -> Result<SettlementRow, Error> {
+    let result = result_code(at, "result", settlement.result)?;
+    let sent = payout(at, "settlement_value_micros", settlement.settlement_value_micros)?;
+    let settlement_value_micros = match (SettlementResult::try_from(settlement.result), sent) {
+        (Ok(SettlementResult::Yes), 0 | 1_000_000) => 1_000_000,
+        (Ok(SettlementResult::Yes), v) => {
+            return Err(at.invalid("settlement_value_micros", format!("must be 1000000 (or 0) for YES, got {v}")));
+        }
+        (Ok(SettlementResult::No), 0) => 0,
+        (Ok(SettlementResult::No), v) => {
+            return Err(at.invalid("settlement_value_micros", format!("must be 0 for NO, got {v}")));
+        }
+        (_, v) => v,
+    };
+    Ok(SettlementRow {
+        market_ticker: key_text(at, "market_ticker", &settlement.market_ticker)?,
+        event_ticker: key_text(at, "event_ticker", &settlement.event_ticker)?,
+        series_ticker: key_text(at, "series_ticker", &settlement.series_ticker)?,
+        result,
+        settlement_value_micros,
+        determined_time: optional_time(at, "determined_time", settlement.determined_time.as_ref())?,
+        settled_time: optional_time(at, "settled_time", settlement.settled_time.as_ref())?,
+        updated_at: optional_time(at, "updated_time", settlement.updated_time.as_ref())?.unwrap_or(now),
+    })
+}
+
+/// How a table's staged rows are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Written {
+enum Kind {
+    /// Keyed facts: insert, skip what is stored.
+    Fact,
+    /// Reference rows: upsert, last writer wins on updated_at.
+    Reference,
+}
+
+/// One staged column: its name, SQL type and binary COPY type.
+#[derive(Debug)]
+struct Column(&'static str, &'static str, Type);
+
+const TEXT_C: &str = "text COLLATE \"C\"";
+const TS: Type = Type::TIMESTAMPTZ;
+
+/// A table a write stores rows into.
+#[derive(Debug)]
+pub struct Table {
+    name: &'static str,
+    kind: Kind,
+    key: &'static str,
+    columns: &'static [Column],
+}
+
+macro_rules! columns {
+    ($(($name:literal, $sql:expr, $ty:expr)),* $(,)?) => { &[$(Column($name, $sql, $ty)),*] };
+}
+
+const TRADES: Table = Table {
+    name: "trades",
+    kind: Kind::Fact,
+    key: "ts, ticker, trade_id",
+    columns: columns![
+        ("ts", "timestamptz", TS),
+        ("ticker", TEXT_C, Type::TEXT),
+        ("trade_id", TEXT_C, Type::TEXT),
+        ("yes_price_micros", "bigint", Type::INT8),
+        ("count_centi", "bigint", Type::INT8),
+        ("taker_side", "smallint", Type::INT2),
+    ],
+};
+
+const SNAPSHOTS: Table = Table {
+    name: "orderbook_snapshots",
+    kind: Kind::Fact,
+    key: "ts, ticker, sid, seq",
+    columns: columns![
+        ("ts", "timestamptz", TS),
+        ("ticker", TEXT_C, Type::TEXT),
+        ("sid", "bigint", Type::INT8),
+        ("seq", "bigint", Type::INT8),
+        ("yes_price_micros", "bigint[]", Type::INT8_ARRAY),
+        ("yes_size_centi", "bigint[]", Type::INT8_ARRAY),
+        ("no_price_micros", "bigint[]", Type::INT8_ARRAY),
+        ("no_size_centi", "bigint[]", Type::INT8_ARRAY),
+    ],
+};
+
+const DELTAS: Table = Table {
+    name: "orderbook_deltas",
+    kind: Kind::Fact,
+    key: "ts, ticker, sid, seq",
+    columns: columns![
+        ("ts", "timestamptz", TS),
+        ("ticker", TEXT_C, Type::TEXT),
+        ("sid", "bigint", Type::INT8),
+        ("seq", "bigint", Type::INT8),
+        ("side", "smallint", Type::INT2),
+        ("price_micros", "bigint", Type::INT8),
+        ("delta_centi", "bigint", Type::INT8),
+    ],
+};
+
+const LIFECYCLE: Table = Table {
+    name: "market_lifecycle",
+    kind: Kind::Fact,
+    key: "ts, ticker, event_type",
+    columns: columns![
+        ("ts", "timestamptz", TS),
+        ("ticker", TEXT_C, Type::TEXT),
+        ("event_type", "smallint", Type::INT2),
+        ("open_time", "timestamptz", TS),
+        ("close_time", "timestamptz", TS),
+        ("result", "smallint", Type::INT2),
+        ("settlement_value_micros", "bigint", Type::INT8),
+        ("determined_time", "timestamptz", TS),
+        ("settled_time", "timestamptz", TS),
+    ],
+};
+
+const SERIES: Table = Table {
+    name: "series",
+    kind: Kind::Reference,
+    key: "ticker",
+    columns: columns![
+        ("ticker", TEXT_C, Type::TEXT),
+        ("title", "text", Type::TEXT),
+        ("category", "text", Type::TEXT),
+        ("tags", "text[]", Type::TEXT_ARRAY),
+        ("frequency", "text", Type::TEXT),
+        ("contract_url", "text", Type::TEXT),
+        ("fee_type", "text", Type::TEXT),
+        ("updated_at", "timestamptz", TS),
+    ],
+};
+
+const EVENTS: Table = Table {
+    name: "events",
+    kind: Kind::Reference,
+    key: "event_ticker",
+    columns: columns![
+        ("event_ticker", TEXT_C, Type::TEXT),
+        ("series_ticker", TEXT_C, Type::TEXT),
+        ("title", "text", Type::TEXT),
+        ("sub_title", "text", Type::TEXT),
+        ("category", "text", Type::TEXT),
+        ("mutually_exclusive", "boolean", Type::BOOL),
+        ("strike_date", "timestamptz", TS),
+        ("strike_period", "text", Type::TEXT),
+        ("updated_at", "timestamptz", TS),
+    ],
+};
+
+const MARKETS: Table = Table {
+    name: "markets",
+    kind: Kind::Reference,
+    key: "ticker",
+    columns: columns![
+        ("ticker", TEXT_C, Type::TEXT),
+        ("event_ticker", TEXT_C, Type::TEXT),
+        ("series_ticker", TEXT_C, Type::TEXT),
+        ("market_type", "smallint", Type::INT2),
+        ("title", "text", Type::TEXT),
+        ("yes_sub_title", "text", Type::TEXT),
+        ("no_sub_title", "text", Type::TEXT),
+        ("status", "smallint", Type::INT2),
+        ("open_time", "timestamptz", TS),
+        ("close_time", "timestamptz", TS),
+        ("expected_expiration_time", "timestamptz", TS),
+        ("latest_expiration_time", "timestamptz", TS),
+        ("settlement_timer_seconds", "integer", Type::INT4),
+        ("can_close_early", "boolean", Type::BOOL),
+        ("strike_type", "text", Type::TEXT),
+        ("floor_strike", "numeric", Type::NUMERIC),
+        ("cap_strike", "numeric", Type::NUMERIC),
+        ("rules_primary", "text", Type::TEXT),
+        ("rules_secondary", "text", Type::TEXT),
+        ("updated_at", "timestamptz", TS),
+    ],
+};
+
+const SETTLEMENTS: Table = Table {
+    name: "settlements",
+    kind: Kind::Reference,
+    key: "market_ticker",
+    columns: columns![
+        ("market_ticker", TEXT_C, Type::TEXT),
+        ("event_ticker", TEXT_C, Type::TEXT),
+        ("series_ticker", TEXT_C, Type::TEXT),
+        ("result", "smallint", Type::INT2),
+        ("settlement_value_micros", "bigint", Type::INT8),
+        ("determined_time", "timestamptz", TS),
+        ("settled_time", "timestamptz", TS),
+        ("updated_at", "timestamptz", TS),
+    ],
+};
+
+impl Table {
+    fn staging(&self) -> String {
+        format!("ingest_{}", self.name)
+    }
+
+    fn names(&self, prefix: &str) -> String {
+        self.columns.iter().map(|c| format!("{prefix}{}", c.0)).collect::<Vec<_>>().join(", ")
+    }
+
+    /// The staging table: the columns, plus a reference row's position in the request (`n`, for ties).
+    fn create_sql(&self) -> String {
+        let n = if self.kind == Kind::Reference { "n bigint NOT NULL, " } else { "" };
+        let columns: Vec<String> = self.columns.iter().map(|c| format!("{} {}", c.0, c.1)).collect();
+        format!("CREATE TEMPORARY TABLE {} ({n}{}) ON COMMIT DROP", self.staging(), columns.join(", "))
+    }
+
+    fn copy_sql(&self) -> String {
+        format!("COPY {} FROM STDIN (FORMAT binary)", self.staging())
+    }
+
+    fn copy_types(&self) -> Vec<Type> {
+        let n = (self.kind == Kind::Reference).then_some(Type::INT8);
+        n.into_iter().chain(self.columns.iter().map(|c| c.2.clone())).collect()
+    }
+
+    /// The one statement that stores the staged rows; it returns (inserted, updated).
+    fn store_sql(&self) -> String {
+        let (name, staging, key, columns) = (self.name, self.staging(), self.key, self.names(""));
+        match self.kind {
+            // in key order, so that ingest_seq follows it and the indexes are written in order
+            Kind::Fact => format!(
+                "WITH stored AS (INSERT INTO {name} ({columns}) SELECT {columns} FROM {staging} ORDER BY {key} \
+                 ON CONFLICT DO NOTHING RETURNING 1) SELECT count(*), 0::bigint FROM stored"
+            ),
+            Kind::Reference => {
+                let keys: Vec<&str> = key.split(", ").collect();
+                let values: Vec<&str> =
+                    self.columns.iter().map(|c| c.0).filter(|c| !keys.contains(c) && *c != "updated_at").collect();
+                let set: Vec<String> =
+                    values.iter().chain(["updated_at"].iter()).map(|c| format!("{c} = EXCLUDED.{c}")).collect();
+                let old: Vec<String> = values.iter().map(|c| format!("t.{c}")).collect();
+                let new: Vec<String> = values.iter().map(|c| format!("EXCLUDED.{c}")).collect();
+                format!(
+                    "WITH stored AS (INSERT INTO {name} AS t ({columns}) \
+                     SELECT DISTINCT ON ({key}) {columns} FROM {staging} ORDER BY {key}, updated_at DESC, n DESC \
+                     ON CONFLICT ({key}) DO UPDATE SET {} \
+                     WHERE t.updated_at < EXCLUDED.updated_at AND ({}) IS DISTINCT FROM ({}) \
+                     RETURNING xmax = 0 AS inserted) \
+                     SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM stored",
+                    set.join(", "),
+                    old.join(", "),
+                    new.join(", "),
+                )
+            }
+        }
+    }
+}
+
+/// A row of one table.
+pub trait Row: Send + Sync {
+    /// The table it goes to.
+    const TABLE: &'static Table;
+    /// Its values, in the table's column order.
+    fn values(&self) -> Vec<&(dyn ToSql + Sync)>;
+    /// The UTC day of a fact, whose partition must exist.
+    fn day(&self) -> Option<NaiveDate> {
+        None
+    }
+}
+
+impl Row for TradeRow {
+    const TABLE: &'static Table = &TRADES;
+    fn values(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![&self.ts, &self.ticker, &self.trade_id, &self.yes_price_micros, &self.count_centi, &self.taker_side]
+    }
+    fn day(&self) -> Option<NaiveDate> {
+        Some(self.ts.date_naive())
+    }
+}
+
+impl Row for SnapshotRow {
+    const TABLE: &'static Table = &SNAPSHOTS;
+    fn values(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![
+            &self.ts,
+            &self.ticker,
+            &self.sid,
+            &self.seq,
+            &self.yes_price_micros,
+            &self.yes_size_centi,
+            &self.no_price_micros,
+            &self.no_size_centi,
+        ]
+    }
+    fn day(&self) -> Option<NaiveDate> {
+        Some(self.ts.date_naive())
+    }
+}
+
+impl Row for DeltaRow {
+    const TABLE: &'static Table = &DELTAS;
+    fn values(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![&self.ts, &self.ticker, &self.sid, &self.seq, &self.side, &self.price_micros, &self.delta_centi]
+    }
+    fn day(&self) -> Option<NaiveDate> {
+        Some(self.ts.date_naive())
+    }
+}
+
+impl Row for LifecycleRow {
+    const TABLE: &'static Table = &LIFECYCLE;
+    fn values(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![
+            &self.ts,
+            &self.ticker,
+            &self.event_type,
+            &self.open_time,
+            &self.close_time,
+            &self.result,
+            &self.settlement_value_micros,
+            &self.determined_time,
+            &self.settled_time,
+        ]
+    }
+    fn day(&self) -> Option<NaiveDate> {
+        Some(self.ts.date_naive())
+    }
+}
+
+impl Row for SeriesRow {
+    const TABLE: &'static Table = &SERIES;
+    fn values(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![
+            &self.ticker,
+            &self.title,
+            &self.category,
+            &self.tags,
+            &self.frequency,
+            &self.contract_url,
+            &self.fee_type,
+            &self.updated_at,
+        ]
+    }
+}
+
+impl Row for EventRow {
+    const TABLE: &'static Table = &EVENTS;
+    fn values(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![
+            &self.event_ticker,
+            &self.series_ticker,
+            &self.title,
+            &self.sub_title,
+            &self.category,
+            &self.mutually_exclusive,
+            &self.strike_date,
+            &self.strike_period,
+            &self.updated_at,
+        ]
+    }
+}
+
+impl Row for MarketRow {
+    const TABLE: &'static Table = &MARKETS;
+    fn values(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![
+            &self.ticker,
+            &self.event_ticker,
+            &self.series_ticker,
+            &self.market_type,
+            &self.title,
+            &self.yes_sub_title,
+            &self.no_sub_title,
+            &self.status,
+            &self.open_time,
+            &self.close_time,
+            &self.expected_expiration_time,
+            &self.latest_expiration_time,
+            &self.settlement_timer_seconds,
+            &self.can_close_early,
+            &self.strike_type,
+            &self.floor_strike,
+            &self.cap_strike,
+            &self.rules_primary,
+            &self.rules_secondary,
+            &self.updated_at,
+        ]
+    }
+}
+
+impl Row for SettlementRow {
+    const TABLE: &'static Table = &SETTLEMENTS;
+    fn values(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![
+            &self.market_ticker,
+            &self.event_ticker,
+            &self.series_ticker,
+            &self.result,
+            &self.settlement_value_micros,
+            &self.determined_time,
+            &self.settled_time,
+            &self.updated_at,
+        ]
+    }
+}
+
+/// What storing one table's rows did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stored {
+    /// Rows newly inserted.
     pub inserted: i64,
-    pub duplicates: i64,
-    /// The watermark after the commit.
-    pub watermark: i64,
+    /// Reference rows replaced by newer ones (always 0 for facts).
+    pub updated: i64,
+    /// Rows sent but not stored: facts already stored (or sent twice), reference rows not newer or not changed.
+    pub skipped: i64,
+}
+
+impl Stored {
+    /// The counts of a fact write.
+    pub fn write_counts(self) -> proto::WriteCounts {
+        proto::WriteCounts { inserted: self.inserted, duplicates: self.skipped }
+    }
+
+    /// The counts of a reference upsert.
+    pub fn upsert_counts(self) -> proto::UpsertCounts {
+        proto::UpsertCounts { inserted: self.inserted, updated: self.updated, unchanged: self.skipped }
+    }
+}
+
+impl std::ops::AddAssign for Stored {
+    fn add_assign(&mut self, other: Stored) {
+        self.inserted += other.inserted;
+        self.updated += other.updated;
+        self.skipped += other.skipped;
+    }
 }
 
 type Conn = bb8::PooledConnection<'static, Manager>;
 
-/// A trade write in progress: one transaction with a staging table. Dropped before [`commit`](Self::commit)
-/// (the client went away, a later item was refused), its connection is closed, which rolls the write back.
-pub struct TradeWrite {
+/// A write in progress: one transaction, with a staging table per table it writes. Dropped before
+/// [`commit`](Self::commit) (the client went away, a later item was refused), its connection is closed, which
+/// rolls the whole write back.
+pub struct Write {
     pool: Pool,
     conn: Option<Conn>,
-    pending: Vec<TradeRow>,
     /// The UTC days whose partitions this write ensured.
     days: BTreeSet<NaiveDate>,
-    staged: i64,
+    /// Rows staged so far, per staging table created.
+    staged: BTreeMap<&'static str, i64>,
 }
 
-impl std::fmt::Debug for TradeWrite {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TradeWrite").field("pending", &self.pending.len()).field("staged", &self.staged).finish()
+impl fmt::Debug for Write {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Write").field("staged", &self.staged).finish()
     }
 }
 
-const STAGING: &str = "CREATE TEMPORARY TABLE ingest_trades (
-    ts timestamptz NOT NULL,
-    ticker text COLLATE \"C\" NOT NULL,
-    trade_id text COLLATE \"C\" NOT NULL,
-    yes_price_micros bigint NOT NULL,
-    count_centi bigint NOT NULL,
-    taker_side smallint NOT NULL
-) ON COMMIT DROP";
-
-/// In the trades' key order, so that ingest_seq follows it and the index is written in order.
-const INSERT: &str = "INSERT INTO trades (ts, ticker, trade_id, yes_price_micros, count_centi, taker_side)
-SELECT ts, ticker, trade_id, yes_price_micros, count_centi, taker_side FROM ingest_trades
- ORDER BY ts, ticker, trade_id
-ON CONFLICT DO NOTHING";
-
-impl TradeWrite {
+impl Write {
     /// Opens the write's transaction.
     pub async fn begin(pool: &Pool) -> Result<Self, Error> {
         let conn = pool.get_owned().await?;
-        let mut write = Self { pool: pool.clone(), conn: None, pending: Vec::new(), days: BTreeSet::new(), staged: 0 };
-        conn.batch_execute(&format!("BEGIN; {STAGING}")).await?;
-        write.conn = Some(conn);
-        Ok(write)
+        conn.batch_execute("BEGIN").await?;
+        Ok(Self { pool: pool.clone(), conn: Some(conn), days: BTreeSet::new(), staged: BTreeMap::new() })
     }
 
-    /// Adds a validated trade.
-    pub async fn push(&mut self, row: TradeRow) -> Result<(), Error> {
-        self.pending.push(row);
-        if self.pending.len() == STAGE_ROWS {
-            self.stage().await?;
+    fn conn(&self) -> &Conn {
+        self.conn.as_ref().expect("open until committed")
+    }
+
+    /// Copies `rows` into their staging table (created on first use) and empties it, after creating the
+    /// partitions of their days.
+    async fn stage<R: Row>(&mut self, rows: &mut Vec<R>) -> Result<(), Error> {
+        let table = R::TABLE;
+        if !self.staged.contains_key(table.name) {
+            self.conn().batch_execute(&table.create_sql()).await?;
+            self.staged.insert(table.name, 0);
         }
-        Ok(())
-    }
-
-    /// Copies the pending rows into the staging table, after creating the partitions of their days.
-    async fn stage(&mut self) -> Result<(), Error> {
-        if self.pending.is_empty() {
+        if rows.is_empty() {
             return Ok(());
         }
-        let days: BTreeSet<NaiveDate> =
-            self.pending.iter().map(|r| r.ts.date_naive()).filter(|d| !self.days.contains(d)).collect();
+        let days: BTreeSet<NaiveDate> = rows.iter().filter_map(R::day).filter(|d| !self.days.contains(d)).collect();
         if !days.is_empty() {
             let conn = self.pool.get().await?;
             for day in &days {
@@ -174,32 +938,44 @@ impl TradeWrite {
             }
             self.days.extend(days);
         }
-        let conn = self.conn.as_ref().expect("open until committed");
-        let sql = "COPY ingest_trades FROM STDIN (FORMAT binary)";
-        let types = [Type::TIMESTAMPTZ, Type::TEXT, Type::TEXT, Type::INT8, Type::INT8, Type::INT2];
-        let mut writer = pin!(BinaryCopyInWriter::new(conn.copy_in(sql).await?, &types));
-        for row in &self.pending {
-            let values: [&(dyn ToSql + Sync); 6] =
-                [&row.ts, &row.ticker, &row.trade_id, &row.yes_price_micros, &row.count_centi, &row.taker_side];
+        let staged = self.staged[table.name];
+        let reference = table.kind == Kind::Reference;
+        let mut writer =
+            pin!(BinaryCopyInWriter::new(self.conn().copy_in(&table.copy_sql()).await?, &table.copy_types()));
+        for (n, row) in (staged..).zip(rows.iter()) {
+            let mut values = row.values();
+            if reference {
+                values.insert(0, &n);
+            }
             writer.as_mut().write(&values).await?;
         }
-        self.staged += i64::try_from(writer.finish().await?).unwrap_or(i64::MAX);
-        self.pending.clear();
+        let copied = i64::try_from(writer.finish().await?).unwrap_or(i64::MAX);
+        *self.staged.get_mut(table.name).expect("created above") += copied;
+        rows.clear();
         Ok(())
     }
 
-    /// Stores the staged trades (those already stored are skipped) and commits.
-    pub async fn commit(mut self) -> Result<Written, Error> {
-        self.stage().await?;
+    /// Runs the statement that stores what `table`'s staging table holds.
+    async fn store(&mut self, table: &Table) -> Result<Stored, Error> {
+        let staged = self.staged.get(table.name).copied().unwrap_or(0);
+        if staged == 0 {
+            return Ok(Stored::default());
+        }
+        let row = self.conn().query_one(&table.store_sql(), &[]).await?;
+        let (inserted, updated): (i64, i64) = (row.get(0), row.get(1));
+        Ok(Stored { inserted, updated, skipped: staged - inserted - updated })
+    }
+
+    /// Commits, and returns the watermark after the commit.
+    pub async fn commit(mut self) -> Result<i64, Error> {
         let conn = self.conn.take().expect("open until committed");
-        let inserted = if self.staged > 0 { i64::try_from(conn.execute(INSERT, &[]).await?).unwrap_or(0) } else { 0 };
         let watermark: i64 = conn.query_one("SELECT watermark FROM data_version", &[]).await?.get(0);
         conn.batch_execute("COMMIT").await?;
-        Ok(Written { inserted, duplicates: self.staged - inserted, watermark })
+        Ok(watermark)
     }
 }
 
-impl Drop for TradeWrite {
+impl Drop for Write {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
             // mid-transaction, maybe mid-COPY: close it, and PostgreSQL rolls the write back
@@ -208,15 +984,46 @@ impl Drop for TradeWrite {
     }
 }
 
+/// The validated rows of one table in a write, staged every [`STAGE_ROWS`] rows.
+#[derive(Debug)]
+pub struct Batch<R> {
+    pending: Vec<R>,
+}
+
+impl<R: Row> Default for Batch<R> {
+    fn default() -> Self {
+        Self { pending: Vec::new() }
+    }
+}
+
+impl<R: Row> Batch<R> {
+    /// Adds a validated row.
+    pub async fn push(&mut self, write: &mut Write, row: R) -> Result<(), Error> {
+        self.pending.push(row);
+        if self.pending.len() == STAGE_ROWS {
+            write.stage(&mut self.pending).await?;
+        }
+        Ok(())
+    }
+
+    /// Stores every row pushed (those not to store are counted as skipped), in the write's transaction.
+    pub async fn store(mut self, write: &mut Write) -> Result<Stored, Error> {
+        write.stage(&mut self.pending).await?;
+        write.store(R::TABLE).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const AT: At = At { kind: "trades", index: Some(7) };
 
     fn good() -> proto::Trade {
         proto::Trade {
             trade_id: "t1".into(),
             market_ticker: "KX-A".into(),
-            time: Some(prost_types::Timestamp { seconds: 1_767_571_200, nanos: 5000 }),
+            time: Some(Timestamp { seconds: 1_767_571_200, nanos: 5000 }),
             yes_price_micros: 290_000,
             no_price_micros: 0,
             count_centi: 1234,
@@ -227,22 +1034,27 @@ mod tests {
 
     #[test]
     fn a_good_trade_is_stored_as_sent() {
-        let row = validate_trade(0, &good()).expect("valid");
+        let row = validate_trade(AT, &good()).expect("valid");
         assert_eq!((row.yes_price_micros, row.count_centi, row.taker_side), (290_000, 1234, 2));
         assert_eq!(row.ts.timestamp_micros(), 1_767_571_200_000_005);
         let explicit_no = proto::Trade { no_price_micros: 710_000, ..good() };
-        assert!(validate_trade(0, &explicit_no).is_ok());
+        assert!(validate_trade(AT, &explicit_no).is_ok());
+    }
+
+    fn assert_field<T: fmt::Debug>(result: Result<T, Error>, field: &str) {
+        let error = result.expect_err(field).to_string();
+        assert!(error.starts_with(&format!("{field}: ")), "{field}: {error}");
     }
 
     #[test]
-    fn every_bad_field_is_named_with_its_index() {
+    fn every_bad_trade_field_is_named_with_its_index() {
         let cases: Vec<(proto::Trade, &str)> = vec![
             (proto::Trade { market_ticker: String::new(), ..good() }, "market_ticker"),
             (proto::Trade { market_ticker: "A\0B".into(), ..good() }, "market_ticker"),
             (proto::Trade { trade_id: String::new(), ..good() }, "trade_id"),
             (proto::Trade { trade_id: "x".repeat(257), ..good() }, "trade_id"),
             (proto::Trade { time: None, ..good() }, "time"),
-            (proto::Trade { time: Some(prost_types::Timestamp { seconds: 0, nanos: 1 }), ..good() }, "time"),
+            (proto::Trade { time: Some(Timestamp { seconds: 0, nanos: 1 }), ..good() }, "time"),
             (proto::Trade { yes_price_micros: 0, ..good() }, "yes_price_micros"),
             (proto::Trade { yes_price_micros: 1_000_000, ..good() }, "yes_price_micros"),
             (proto::Trade { no_price_micros: 700_000, ..good() }, "no_price_micros"),
@@ -252,8 +1064,153 @@ mod tests {
             (proto::Trade { taker_side: 9, ..good() }, "taker_side"),
         ];
         for (trade, field) in cases {
-            let error = validate_trade(7, &trade).expect_err(field).to_string();
-            assert!(error.starts_with(&format!("trades[7].{field}: ")), "{field}: {error}");
+            assert_field(validate_trade(AT, &trade), &format!("trades[7].{field}"));
         }
+        let bare = At { kind: "trade", index: None };
+        assert_field(validate_trade(bare, &proto::Trade { count_centi: 0, ..good() }), "trade.count_centi");
+    }
+
+    fn level(price_micros: i64, size_centi: i64) -> proto::OrderbookLevel {
+        proto::OrderbookLevel { price_micros, size_centi }
+    }
+
+    #[test]
+    fn book_fields_are_checked_level_by_level() {
+        let at = At::item("snapshots", 2);
+        let good = proto::OrderbookSnapshot {
+            market_ticker: "KX-A".into(),
+            time: Some(Timestamp { seconds: 1_767_571_200, nanos: 0 }),
+            sid: 3,
+            seq: 9,
+            yes_bids: vec![level(10_000, 100), level(290_000, 5)],
+            no_bids: vec![level(700_000, 1)],
+            ingest_seq: 0,
+        };
+        let row = validate_snapshot(at, &good).expect("valid");
+        assert_eq!((row.yes_price_micros, row.yes_size_centi), (vec![10_000, 290_000], vec![100, 5]));
+        let cases: Vec<(proto::OrderbookSnapshot, &str)> = vec![
+            (proto::OrderbookSnapshot { market_ticker: String::new(), ..good.clone() }, "market_ticker"),
+            (proto::OrderbookSnapshot { time: None, ..good.clone() }, "time"),
+            (proto::OrderbookSnapshot { sid: -1, ..good.clone() }, "sid"),
+            (proto::OrderbookSnapshot { seq: -1, ..good.clone() }, "seq"),
+            (proto::OrderbookSnapshot { yes_bids: vec![level(0, 1)], ..good.clone() }, "yes_bids[0].price_micros"),
+            (proto::OrderbookSnapshot { no_bids: vec![level(5, 0)], ..good.clone() }, "no_bids[0].size_centi"),
+            (
+                proto::OrderbookSnapshot { yes_bids: vec![level(5, 1), level(5, 1)], ..good.clone() },
+                "yes_bids[1].price_micros",
+            ),
+        ];
+        for (snapshot, field) in cases {
+            assert_field(validate_snapshot(at, &snapshot), &format!("snapshots[2].{field}"));
+        }
+        let delta = proto::OrderbookDelta {
+            market_ticker: "KX-A".into(),
+            time: Some(Timestamp { seconds: 1_767_571_200, nanos: 0 }),
+            sid: 3,
+            seq: 10,
+            side: Side::Yes as i32,
+            price_micros: 290_000,
+            delta_centi: -500,
+            ingest_seq: 0,
+        };
+        let at = At::item("deltas", 0);
+        assert_eq!(validate_delta(at, &delta).expect("valid").delta_centi, -500);
+        let cases: Vec<(proto::OrderbookDelta, &str)> = vec![
+            (proto::OrderbookDelta { side: 0, ..delta.clone() }, "side"),
+            (proto::OrderbookDelta { price_micros: 1_000_000, ..delta.clone() }, "price_micros"),
+            (proto::OrderbookDelta { delta_centi: 0, ..delta.clone() }, "delta_centi"),
+            (proto::OrderbookDelta { time: None, ..delta.clone() }, "time"),
+            (proto::OrderbookDelta { market_ticker: String::new(), ..delta.clone() }, "market_ticker"),
+        ];
+        for (d, field) in cases {
+            assert_field(validate_delta(at, &d), &format!("deltas[0].{field}"));
+        }
+    }
+
+    #[test]
+    fn reference_fields_are_checked() {
+        let now = Utc::now();
+        let at = At::item("markets", 1);
+        let market = proto::Market {
+            ticker: "KX-A".into(),
+            event_ticker: "KX-E".into(),
+            series_ticker: "KX".into(),
+            status: MarketStatus::Active as i32,
+            floor_strike: "99999.99".into(),
+            ..Default::default()
+        };
+        let row = validate_market(at, &market, now).expect("valid");
+        assert_eq!((row.market_type, row.status, row.updated_at), (1, 3, now));
+        assert_eq!(row.floor_strike.map(|d| d.to_string()).as_deref(), Some("99999.99"));
+        let cases: Vec<(proto::Market, &str)> = vec![
+            (proto::Market { ticker: String::new(), ..market.clone() }, "ticker"),
+            (proto::Market { event_ticker: String::new(), ..market.clone() }, "event_ticker"),
+            (proto::Market { series_ticker: String::new(), ..market.clone() }, "series_ticker"),
+            (proto::Market { status: 0, ..market.clone() }, "status"),
+            (proto::Market { status: 9, ..market.clone() }, "status"),
+            (proto::Market { market_type: 3, ..market.clone() }, "market_type"),
+            (proto::Market { floor_strike: "1e5".into(), ..market.clone() }, "floor_strike"),
+            (proto::Market { cap_strike: "12.".into(), ..market.clone() }, "cap_strike"),
+            (proto::Market { settlement_timer_seconds: -1, ..market.clone() }, "settlement_timer_seconds"),
+        ];
+        for (m, field) in cases {
+            assert_field(validate_market(at, &m, now), &format!("markets[1].{field}"));
+        }
+        let at = At::item("settlements", 0);
+        let settlement = proto::Settlement {
+            market_ticker: "KX-A".into(),
+            event_ticker: "KX-E".into(),
+            series_ticker: "KX".into(),
+            result: SettlementResult::Yes as i32,
+            ..Default::default()
+        };
+        assert_eq!(validate_settlement(at, &settlement, now).expect("derived").settlement_value_micros, 1_000_000);
+        let cases: Vec<(proto::Settlement, &str)> = vec![
+            (proto::Settlement { result: 0, ..settlement.clone() }, "result"),
+            (proto::Settlement { result: 5, ..settlement.clone() }, "result"),
+            (proto::Settlement { settlement_value_micros: 500_000, ..settlement.clone() }, "settlement_value_micros"),
+            (
+                proto::Settlement {
+                    result: SettlementResult::No as i32,
+                    settlement_value_micros: 1,
+                    ..settlement.clone()
+                },
+                "settlement_value_micros",
+            ),
+            (
+                proto::Settlement { result: 3, settlement_value_micros: 1_000_001, ..settlement.clone() },
+                "settlement_value_micros",
+            ),
+            (proto::Settlement { event_ticker: String::new(), ..settlement.clone() }, "event_ticker"),
+        ];
+        for (s, field) in cases {
+            assert_field(validate_settlement(at, &s, now), &format!("settlements[0].{field}"));
+        }
+        assert_field(validate_series(At::item("series", 4), &proto::Series::default(), now), "series[4].ticker");
+        let event = proto::Event { event_ticker: "KX-E".into(), ..Default::default() };
+        assert_field(validate_event(At::item("events", 0), &event, now), "events[0].series_ticker");
+        let lifecycle = proto::LifecycleEvent {
+            market_ticker: "KX-A".into(),
+            time: Some(Timestamp { seconds: 1_767_571_200, nanos: 0 }),
+            event_type: 9,
+            ..Default::default()
+        };
+        let at = At::item("events", 3);
+        assert_field(validate_lifecycle(at, &lifecycle), "events[3].event_type");
+        let bad_result = proto::LifecycleEvent { event_type: 5, result: 7, ..lifecycle.clone() };
+        assert_field(validate_lifecycle(at, &bad_result), "events[3].result");
+        let bad_value = proto::LifecycleEvent { event_type: 5, settlement_value_micros: Some(-1), ..lifecycle };
+        assert_field(validate_lifecycle(at, &bad_value), "events[3].settlement_value_micros");
+    }
+
+    #[test]
+    fn the_store_statements_name_every_column() {
+        let sql = MARKETS.store_sql();
+        assert!(sql.contains("ON CONFLICT (ticker) DO UPDATE SET event_ticker = EXCLUDED.event_ticker"), "{sql}");
+        assert!(sql.contains("updated_at = EXCLUDED.updated_at WHERE t.updated_at < EXCLUDED.updated_at"), "{sql}");
+        assert!(!sql.contains("t.ticker"), "the key is not compared: {sql}");
+        assert!(TRADES.store_sql().contains("ORDER BY ts, ticker, trade_id ON CONFLICT DO NOTHING"));
+        assert_eq!(TRADES.copy_types().len(), TRADES.columns.len());
+        assert_eq!(SERIES.copy_types().len(), SERIES.columns.len() + 1);
     }
 }

@@ -1,12 +1,22 @@
-//! IngestService: the writes, over the write core of [`crate::ingest`]. The RPCs whose issue has not landed yet
-//! answer UNIMPLEMENTED through the generated default methods.
+//! IngestService: the writes, over the write core of [`crate::ingest`].
+//!
+//! A client-streaming RPC is one write: each item is validated as it arrives (INVALID_ARGUMENT names its index
+//! in the whole stream and the field), the write commits when the client closes its side, and a stream that
+//! fails or is cancelled writes nothing. A batch upsert is validated whole before its transaction opens.
 
+use chrono::{DateTime, Utc};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
     db::Pool,
-    ingest::{self, TradeWrite},
-    proto::{IngestTradesRequest, IngestTradesResponse, WriteCounts, ingest_service_server::IngestService},
+    error::Error,
+    ingest::{self, At, Batch, Row, Write},
+    proto::{
+        IngestLifecycleRequest, IngestLifecycleResponse, IngestOrderbookRequest, IngestOrderbookResponse,
+        IngestTradesRequest, IngestTradesResponse, UpsertCounts, UpsertEventsRequest, UpsertEventsResponse,
+        UpsertMarketsRequest, UpsertMarketsResponse, UpsertSeriesRequest, UpsertSeriesResponse,
+        UpsertSettlementsRequest, UpsertSettlementsResponse, ingest_service_server::IngestService,
+    },
 };
 
 /// IngestService: the writes.
@@ -20,30 +30,134 @@ impl IngestApi {
     pub fn new(pool: Pool) -> Self {
         Self { pool }
     }
+
+    /// Stores the items of every message of a client stream of one fact kind; returns the counts and the
+    /// watermark after the commit.
+    async fn ingest_stream<M, P, R: Row>(
+        &self,
+        mut stream: Streaming<M>,
+        kind: &'static str,
+        items: fn(&M) -> &[P],
+        validate: fn(At, &P) -> Result<R, Error>,
+    ) -> Result<(ingest::Stored, i64), Status> {
+        let mut write = Write::begin(&self.pool).await?;
+        let mut batch = Batch::default();
+        let mut index = 0;
+        while let Some(message) = stream.message().await? {
+            for item in items(&message) {
+                batch.push(&mut write, validate(At::item(kind, index), item)?).await?;
+                index += 1;
+            }
+        }
+        let stored = batch.store(&mut write).await?;
+        Ok((stored, write.commit().await?))
+    }
+
+    /// Validates every item of a batch, then upserts them in one transaction.
+    async fn upsert<P, R: Row>(
+        &self,
+        items: &[P],
+        kind: &'static str,
+        validate: fn(At, &P, DateTime<Utc>) -> Result<R, Error>,
+    ) -> Result<Option<UpsertCounts>, Status> {
+        let now = Utc::now();
+        let rows = items.iter().enumerate().map(|(i, item)| validate(At::item(kind, i), item, now));
+        let rows: Vec<R> = rows.collect::<Result<_, _>>()?;
+        let mut write = Write::begin(&self.pool).await?;
+        let mut batch = Batch::default();
+        for row in rows {
+            batch.push(&mut write, row).await?;
+        }
+        let stored = batch.store(&mut write).await?;
+        write.commit().await?;
+        Ok(Some(stored.upsert_counts()))
+    }
 }
 
 #[tonic::async_trait]
 impl IngestService for IngestApi {
-    /// The whole client stream is one write: each trade is validated as it arrives (INVALID_ARGUMENT names its
-    /// index in the stream and the field), the write commits when the client closes its side, and a stream that
-    /// fails or is cancelled writes nothing.
     async fn ingest_trades(
         &self,
         request: Request<Streaming<IngestTradesRequest>>,
     ) -> Result<Response<IngestTradesResponse>, Status> {
+        fn items(m: &IngestTradesRequest) -> &[crate::proto::Trade] {
+            &m.trades
+        }
+        let (stored, watermark) =
+            self.ingest_stream(request.into_inner(), "trades", items, ingest::validate_trade).await?;
+        Ok(Response::new(IngestTradesResponse { counts: Some(stored.write_counts()), watermark }))
+    }
+
+    /// Snapshots and deltas are indexed separately (`snapshots[i]`, `deltas[j]`), each over the whole stream.
+    async fn ingest_orderbook(
+        &self,
+        request: Request<Streaming<IngestOrderbookRequest>>,
+    ) -> Result<Response<IngestOrderbookResponse>, Status> {
         let mut stream = request.into_inner();
-        let mut write = TradeWrite::begin(&self.pool).await?;
-        let mut index = 0;
+        let mut write = Write::begin(&self.pool).await?;
+        let (mut snapshots, mut deltas) = (Batch::default(), Batch::default());
+        let (mut s, mut d) = (0, 0);
         while let Some(message) = stream.message().await? {
-            for trade in &message.trades {
-                write.push(ingest::validate_trade(index, trade)?).await?;
-                index += 1;
+            for snapshot in &message.snapshots {
+                snapshots.push(&mut write, ingest::validate_snapshot(At::item("snapshots", s), snapshot)?).await?;
+                s += 1;
+            }
+            for delta in &message.deltas {
+                deltas.push(&mut write, ingest::validate_delta(At::item("deltas", d), delta)?).await?;
+                d += 1;
             }
         }
-        let written = write.commit().await?;
-        Ok(Response::new(IngestTradesResponse {
-            counts: Some(WriteCounts { inserted: written.inserted, duplicates: written.duplicates }),
-            watermark: written.watermark,
+        let snapshots = snapshots.store(&mut write).await?;
+        let deltas = deltas.store(&mut write).await?;
+        let watermark = write.commit().await?;
+        Ok(Response::new(IngestOrderbookResponse {
+            snapshots: Some(snapshots.write_counts()),
+            deltas: Some(deltas.write_counts()),
+            watermark,
         }))
+    }
+
+    async fn ingest_lifecycle(
+        &self,
+        request: Request<Streaming<IngestLifecycleRequest>>,
+    ) -> Result<Response<IngestLifecycleResponse>, Status> {
+        fn items(m: &IngestLifecycleRequest) -> &[crate::proto::LifecycleEvent] {
+            &m.events
+        }
+        let (stored, watermark) =
+            self.ingest_stream(request.into_inner(), "events", items, ingest::validate_lifecycle).await?;
+        Ok(Response::new(IngestLifecycleResponse { counts: Some(stored.write_counts()), watermark }))
+    }
+
+    async fn upsert_series(
+        &self,
+        request: Request<UpsertSeriesRequest>,
+    ) -> Result<Response<UpsertSeriesResponse>, Status> {
+        let counts = self.upsert(&request.get_ref().series, "series", ingest::validate_series).await?;
+        Ok(Response::new(UpsertSeriesResponse { counts }))
+    }
+
+    async fn upsert_events(
+        &self,
+        request: Request<UpsertEventsRequest>,
+    ) -> Result<Response<UpsertEventsResponse>, Status> {
+        let counts = self.upsert(&request.get_ref().events, "events", ingest::validate_event).await?;
+        Ok(Response::new(UpsertEventsResponse { counts }))
+    }
+
+    async fn upsert_markets(
+        &self,
+        request: Request<UpsertMarketsRequest>,
+    ) -> Result<Response<UpsertMarketsResponse>, Status> {
+        let counts = self.upsert(&request.get_ref().markets, "markets", ingest::validate_market).await?;
+        Ok(Response::new(UpsertMarketsResponse { counts }))
+    }
+
+    async fn upsert_settlements(
+        &self,
+        request: Request<UpsertSettlementsRequest>,
+    ) -> Result<Response<UpsertSettlementsResponse>, Status> {
+        let counts = self.upsert(&request.get_ref().settlements, "settlements", ingest::validate_settlement).await?;
+        Ok(Response::new(UpsertSettlementsResponse { counts }))
     }
 }

@@ -7,9 +7,13 @@ use std::time::Duration;
 
 use common::TestApp;
 use kalshi_replay::proto::{
-    GetCoverageRequest, IngestTradesRequest, Side, StreamCandlesRequest, StreamTradesRequest, Trade,
-    ingest_service_client::IngestServiceClient, reference_service_client::ReferenceServiceClient,
-    replay_service_client::ReplayServiceClient, stream_candles_response, stream_trades_response,
+    Event, GetCoverageRequest, GetMarketRequest, GetSeriesRequest, GetSettlementRequest, IngestLifecycleRequest,
+    IngestOrderbookRequest, IngestTradesRequest, LifecycleEvent, LifecycleEventType, Market, MarketStatus,
+    OrderbookDelta, OrderbookLevel, OrderbookSnapshot, Series, Settlement, SettlementResult, Side,
+    StreamCandlesRequest, StreamTradesRequest, Trade, UpsertEventsRequest, UpsertMarketsRequest, UpsertSeriesRequest,
+    UpsertSettlementsRequest, ingest_service_client::IngestServiceClient,
+    reference_service_client::ReferenceServiceClient, replay_service_client::ReplayServiceClient,
+    stream_candles_response, stream_trades_response,
 };
 use prost_types::Timestamp;
 use tokio_postgres::Client as PgClient;
@@ -246,4 +250,339 @@ async fn late_trades_move_coverage_and_candles_but_not_a_pinned_replay() {
         .expect("coverage")
         .into_inner();
     assert_eq!(coverage.markets[0].trade_count, 4, "three trades and the late one");
+}
+
+fn at(seconds: i64) -> Option<Timestamp> {
+    Some(Timestamp { seconds, nanos: 0 })
+}
+
+fn level(price_micros: i64, size_centi: i64) -> OrderbookLevel {
+    OrderbookLevel { price_micros, size_centi }
+}
+
+fn snapshot(ticker: &str, seconds: i64, sid: i64, seq: i64) -> OrderbookSnapshot {
+    OrderbookSnapshot {
+        market_ticker: ticker.into(),
+        time: at(seconds),
+        sid,
+        seq,
+        yes_bids: vec![level(80_000, 30_000), level(220_000, 33_300)],
+        no_bids: vec![level(540_000, 2_000)],
+        ingest_seq: 0,
+    }
+}
+
+fn delta(ticker: &str, seconds: i64, sid: i64, seq: i64, delta_centi: i64) -> OrderbookDelta {
+    OrderbookDelta {
+        market_ticker: ticker.into(),
+        time: at(seconds),
+        sid,
+        seq,
+        side: Side::Yes as i32,
+        price_micros: 960_000,
+        delta_centi,
+        ingest_seq: 0,
+    }
+}
+
+fn lifecycle(ticker: &str, seconds: i64, event_type: LifecycleEventType) -> LifecycleEvent {
+    LifecycleEvent {
+        market_ticker: ticker.into(),
+        time: at(seconds),
+        event_type: event_type as i32,
+        ..Default::default()
+    }
+}
+
+type Counts = (i64, i64);
+
+async fn ingest_book(
+    channel: &Channel,
+    messages: Vec<IngestOrderbookRequest>,
+) -> Result<(Counts, Counts, i64), tonic::Status> {
+    let answer = IngestServiceClient::new(channel.clone()).ingest_orderbook(tokio_stream::iter(messages)).await?;
+    let answer = answer.into_inner();
+    let (s, d) = (answer.snapshots.expect("snapshots"), answer.deltas.expect("deltas"));
+    Ok(((s.inserted, s.duplicates), (d.inserted, d.duplicates), answer.watermark))
+}
+
+async fn ingest_lifecycle(channel: &Channel, events: Vec<LifecycleEvent>) -> Result<(Counts, i64), tonic::Status> {
+    let request = IngestLifecycleRequest { events };
+    let answer = IngestServiceClient::new(channel.clone()).ingest_lifecycle(tokio_stream::iter([request])).await?;
+    let answer = answer.into_inner();
+    let counts = answer.counts.expect("counts");
+    Ok(((counts.inserted, counts.duplicates), answer.watermark))
+}
+
+/// Every fact row the writes of these tests touch, as text, in key order, and the coverage counts.
+async fn facts(db: &PgClient) -> Vec<String> {
+    let rows = db
+        .query(
+            "SELECT format('snapshot %s %s %s %s %s %s %s %s', ts, ticker, sid, seq, yes_price_micros, yes_size_centi,
+                           no_price_micros, no_size_centi) FROM orderbook_snapshots
+             UNION ALL SELECT format('delta %s %s %s %s %s %s %s', ts, ticker, sid, seq, side, price_micros, delta_centi)
+                         FROM orderbook_deltas
+             UNION ALL SELECT format('lifecycle %s %s %s %s %s %s', ts, ticker, event_type, close_time, result,
+                                     settlement_value_micros) FROM market_lifecycle
+             UNION ALL SELECT format('coverage %s %s %s %s', ticker, day, delta_count, snapshot_count) FROM coverage_daily
+             UNION ALL SELECT format('watermark %s', watermark) FROM data_version
+             ORDER BY 1",
+            &[],
+        )
+        .await
+        .expect("facts");
+    rows.iter().map(|r| r.get(0)).collect()
+}
+
+#[tokio::test]
+async fn books_and_lifecycle_events_are_stored_once_with_their_sid_and_seq() {
+    let app = TestApp::start().await;
+    let db = app.db.client().await;
+    markets(&db).await;
+    let channel = app.channel().await;
+    let messages = || {
+        vec![
+            IngestOrderbookRequest {
+                snapshots: vec![snapshot("KX-A", DAY + 10, 2, 2)],
+                deltas: vec![delta("KX-A", DAY + 11, 2, 4, 500), delta("KX-A", DAY + 11, 2, 3, -5_400)],
+            },
+            IngestOrderbookRequest {
+                // a later day, another subscription, and a delta sent twice in the stream
+                snapshots: vec![snapshot("KX-B", DAY + 86_400, 7, 1)],
+                deltas: vec![delta("KX-B", DAY + 86_401, 7, 2, 1), delta("KX-A", DAY + 11, 2, 3, -5_400)],
+            },
+        ]
+    };
+    let (snapshots, deltas, watermark) = ingest_book(&channel, messages()).await.expect("book");
+    assert_eq!((snapshots, deltas), ((2, 0), (3, 1)));
+    let stored = facts(&db).await;
+    let expected_a = "snapshot 2025-03-01 00:00:10+00 KX-A 2 2 {80000,220000} {30000,33300} {540000} {2000}";
+    assert!(stored.contains(&expected_a.to_owned()), "{stored:#?}");
+    assert!(stored.contains(&"delta 2025-03-01 00:00:11+00 KX-A 2 3 1 960000 -5400".to_owned()), "{stored:#?}");
+    assert!(stored.contains(&"coverage KX-A 2025-03-01 2 1".to_owned()), "{stored:#?}");
+    assert!(stored.contains(&"coverage KX-B 2025-03-02 1 1".to_owned()), "{stored:#?}");
+    assert!(stored.contains(&format!("watermark {watermark}")));
+
+    // the same stream again, as after a lost acknowledgement: all duplicates, nothing changes
+    let (snapshots, deltas, again) = ingest_book(&channel, messages()).await.expect("again");
+    assert_eq!((snapshots, deltas, again), ((0, 2), (0, 4), watermark));
+    assert_eq!(facts(&db).await, stored);
+
+    let mut determined = lifecycle("KX-A", DAY + 3600, LifecycleEventType::Determined);
+    determined.result = SettlementResult::Yes as i32;
+    determined.settlement_value_micros = Some(1_000_000);
+    let mut moved = lifecycle("KX-A", DAY + 60, LifecycleEventType::CloseDateUpdated);
+    moved.close_time = at(DAY + 7200);
+    let events = vec![determined, moved, lifecycle("KX-B", DAY, LifecycleEventType::Created)];
+    let (counts, later) = ingest_lifecycle(&channel, events.clone()).await.expect("lifecycle");
+    assert_eq!(counts, (3, 0));
+    assert!(later > watermark, "the watermark moves with a lifecycle write");
+    let stored = facts(&db).await;
+    assert!(stored.contains(&"lifecycle 2025-03-01 01:00:00+00 KX-A 5  1 1000000".to_owned()), "{stored:#?}");
+    assert!(stored.contains(&"lifecycle 2025-03-01 00:01:00+00 KX-A 4 2025-03-01 02:00:00+00  ".to_owned()));
+    assert_eq!(ingest_lifecycle(&channel, events).await.expect("again"), ((0, 3), later));
+    assert_eq!(facts(&db).await, stored);
+}
+
+#[tokio::test]
+async fn a_bad_book_or_lifecycle_item_writes_nothing_and_is_named() {
+    let app = TestApp::start().await;
+    let db = app.db.client().await;
+    let channel = app.channel().await;
+    ingest_book(
+        &channel,
+        vec![IngestOrderbookRequest { snapshots: vec![snapshot("KX-A", DAY, 1, 1)], deltas: vec![] }],
+    )
+    .await
+    .expect("first");
+    let before = facts(&db).await;
+
+    type SpoilBook = fn(&mut IngestOrderbookRequest);
+    let cases: [(SpoilBook, &str); 9] = [
+        (|m| m.deltas[1].price_micros = 1_000_000, "deltas[1].price_micros"),
+        (|m| m.deltas[1].price_micros = 0, "deltas[1].price_micros"),
+        (|m| m.deltas[1].delta_centi = 0, "deltas[1].delta_centi"),
+        (|m| m.deltas[1].side = 7, "deltas[1].side"),
+        (|m| m.deltas[1].market_ticker.clear(), "deltas[1].market_ticker"),
+        (|m| m.snapshots[0].yes_bids[1].size_centi = 0, "snapshots[0].yes_bids[1].size_centi"),
+        (|m| m.snapshots[0].no_bids[0].price_micros = -5, "snapshots[0].no_bids[0].price_micros"),
+        (|m| m.snapshots[0].yes_bids.reverse(), "snapshots[0].yes_bids[1].price_micros"),
+        (|m| m.snapshots[0].time = None, "snapshots[0].time"),
+    ];
+    for (spoil, field) in cases {
+        let mut bad = IngestOrderbookRequest {
+            snapshots: vec![snapshot("KX-A", DAY + 5, 1, 2)],
+            deltas: vec![delta("KX-A", DAY + 6, 1, 3, 100), delta("KX-A", DAY + 6, 1, 4, 100)],
+        };
+        spoil(&mut bad);
+        // good items in an earlier message of the same stream are not stored either
+        let good = IngestOrderbookRequest { snapshots: vec![], deltas: vec![delta("KX-A", DAY + 2 * 86_400, 1, 9, 1)] };
+        let error = ingest_book(&channel, vec![good, bad]).await.expect_err(field);
+        assert_eq!(error.code(), Code::InvalidArgument, "{field}");
+        let field = field.replace("deltas[1]", "deltas[2]");
+        assert!(error.message().starts_with(&format!("{field}: ")), "{field}: {}", error.message());
+    }
+
+    type SpoilEvent = fn(&mut LifecycleEvent);
+    let cases: [(SpoilEvent, &str); 5] = [
+        (|e| e.event_type = 0, "event_type"),
+        (|e| e.event_type = 7, "event_type"),
+        (|e| e.result = 9, "result"),
+        (|e| e.settlement_value_micros = Some(1_000_001), "settlement_value_micros"),
+        (|e| e.market_ticker.clear(), "market_ticker"),
+    ];
+    for (spoil, field) in cases {
+        let mut events = vec![lifecycle("KX-A", DAY, LifecycleEventType::Created); 2];
+        spoil(&mut events[1]);
+        let error = ingest_lifecycle(&channel, events).await.expect_err(field);
+        assert_eq!(error.code(), Code::InvalidArgument, "{field}");
+        assert!(error.message().starts_with(&format!("events[1].{field}: ")), "{field}: {}", error.message());
+    }
+    assert_eq!(facts(&db).await, before, "no refused write changed anything");
+}
+
+fn updated(seconds: i64) -> Option<Timestamp> {
+    at(seconds)
+}
+
+fn market(ticker: &str, title: &str, seconds: i64) -> Market {
+    Market {
+        ticker: ticker.into(),
+        event_ticker: "KXE-25MAR01".into(),
+        series_ticker: "KXE".into(),
+        title: title.into(),
+        status: MarketStatus::Active as i32,
+        floor_strike: "99999.99".into(),
+        updated_time: updated(seconds),
+        ..Default::default()
+    }
+}
+
+async fn upsert_markets(channel: &Channel, markets: Vec<Market>) -> Result<(i64, i64, i64), tonic::Status> {
+    let answer = IngestServiceClient::new(channel.clone()).upsert_markets(UpsertMarketsRequest { markets }).await?;
+    let counts = answer.into_inner().counts.expect("counts");
+    Ok((counts.inserted, counts.updated, counts.unchanged))
+}
+
+async fn market_title(channel: &Channel, ticker: &str) -> String {
+    let request = GetMarketRequest { ticker: ticker.into() };
+    let answer = ReferenceServiceClient::new(channel.clone()).get_market(request).await.expect("market");
+    answer.into_inner().market.expect("market").title
+}
+
+#[tokio::test]
+async fn reference_upserts_are_last_writer_wins_and_count_what_changed() {
+    let app = TestApp::start().await;
+    let channel = app.channel().await;
+    let t = DAY;
+    let first = vec![market("KX-1", "one", t), market("KX-2", "two", t)];
+    assert_eq!(upsert_markets(&channel, first.clone()).await.expect("insert"), (2, 0, 0));
+    assert_eq!(market_title(&channel, "KX-1").await, "one");
+    let stored = GetMarketRequest { ticker: "KX-1".into() };
+    let got = ReferenceServiceClient::new(channel.clone()).get_market(stored).await.expect("get").into_inner();
+    assert_eq!(got.market.expect("market").floor_strike, "99999.99", "the strike stays exact");
+
+    // sent again: nothing changes
+    assert_eq!(upsert_markets(&channel, first).await.expect("again"), (0, 0, 2));
+    // newer and changed: replaced (and the cached answer with it); older: kept; newer but equal: kept
+    let batch = vec![market("KX-1", "one v2", t + 10), market("KX-2", "stale", t - 10), market("KX-3", "three", t)];
+    assert_eq!(upsert_markets(&channel, batch).await.expect("mixed"), (1, 1, 1));
+    assert_eq!(market_title(&channel, "KX-1").await, "one v2");
+    assert_eq!(market_title(&channel, "KX-2").await, "two");
+    assert_eq!(upsert_markets(&channel, vec![market("KX-3", "three", t + 99)]).await.expect("same"), (0, 0, 1));
+    // one key twice in a batch: the later updated_time wins, whatever the order; on a tie, the last sent
+    let twice = vec![market("KX-4", "newest", t + 5), market("KX-4", "older", t + 1)];
+    assert_eq!(upsert_markets(&channel, twice).await.expect("twice"), (1, 0, 1));
+    assert_eq!(market_title(&channel, "KX-4").await, "newest");
+    let tie = vec![market("KX-5", "first sent", t), market("KX-5", "last sent", t)];
+    assert_eq!(upsert_markets(&channel, tie).await.expect("tie"), (1, 0, 1));
+    assert_eq!(market_title(&channel, "KX-5").await, "last sent");
+    // an unset updated_time is the time of the write, so it wins over any past one
+    let now = Market { updated_time: None, ..market("KX-1", "one v3", 0) };
+    assert_eq!(upsert_markets(&channel, vec![now]).await.expect("now"), (0, 1, 0));
+    assert_eq!(market_title(&channel, "KX-1").await, "one v3");
+
+    // a bad item: named, and nothing of its batch is written
+    type SpoilMarket = fn(&mut Market);
+    let cases: [(SpoilMarket, &str); 5] = [
+        (|m| m.status = 0, "status"),
+        (|m| m.ticker.clear(), "ticker"),
+        (|m| m.series_ticker.clear(), "series_ticker"),
+        (|m| m.floor_strike = "0x10".into(), "floor_strike"),
+        (|m| m.market_type = 5, "market_type"),
+    ];
+    for (spoil, field) in cases {
+        let mut batch = vec![market("KX-9", "nine", t), market("KX-1", "one v9", t + 1_000_000)];
+        spoil(&mut batch[1]);
+        let error = upsert_markets(&channel, batch).await.expect_err(field);
+        assert_eq!(error.code(), Code::InvalidArgument, "{field}");
+        assert!(error.message().starts_with(&format!("markets[1].{field}: ")), "{field}: {}", error.message());
+    }
+    let missing = ReferenceServiceClient::new(channel.clone())
+        .get_market(GetMarketRequest { ticker: "KX-9".into() })
+        .await
+        .expect_err("not written");
+    assert_eq!(missing.code(), Code::NotFound);
+
+    // the other reference kinds go through the same upsert
+    let client = IngestServiceClient::new(channel.clone());
+    let series = Series {
+        ticker: "KXE".into(),
+        title: "E".into(),
+        tags: vec!["a".into(), "b".into()],
+        updated_time: updated(t),
+        ..Default::default()
+    };
+    let counts = |c: Option<kalshi_replay::proto::UpsertCounts>| c.map(|c| (c.inserted, c.updated, c.unchanged));
+    let answer =
+        client.clone().upsert_series(UpsertSeriesRequest { series: vec![series.clone()] }).await.expect("series");
+    assert_eq!(counts(answer.into_inner().counts), Some((1, 0, 0)));
+    let retagged = Series { tags: vec!["a".into()], updated_time: updated(t + 1), ..series };
+    let answer = client.clone().upsert_series(UpsertSeriesRequest { series: vec![retagged] }).await.expect("series");
+    assert_eq!(counts(answer.into_inner().counts), Some((0, 1, 0)));
+    let got = ReferenceServiceClient::new(channel.clone()).get_series(GetSeriesRequest { ticker: "KXE".into() }).await;
+    assert_eq!(got.expect("series").into_inner().series.expect("series").tags, ["a"]);
+    let event = Event {
+        event_ticker: "KXE-25MAR01".into(),
+        series_ticker: "KXE".into(),
+        updated_time: updated(t),
+        ..Default::default()
+    };
+    let answer =
+        client.clone().upsert_events(UpsertEventsRequest { events: vec![event.clone(), event] }).await.expect("events");
+    assert_eq!(counts(answer.into_inner().counts), Some((1, 0, 1)));
+    let settlement = Settlement {
+        market_ticker: "KX-1".into(),
+        event_ticker: "KXE-25MAR01".into(),
+        series_ticker: "KXE".into(),
+        result: SettlementResult::Yes as i32,
+        updated_time: updated(t),
+        ..Default::default()
+    };
+    let answer =
+        client.clone().upsert_settlements(UpsertSettlementsRequest { settlements: vec![settlement.clone()] }).await;
+    assert_eq!(counts(answer.expect("settlements").into_inner().counts), Some((1, 0, 0)));
+    let got = ReferenceServiceClient::new(channel.clone())
+        .get_settlement(GetSettlementRequest { market_ticker: "KX-1".into() })
+        .await
+        .expect("settlement")
+        .into_inner();
+    assert_eq!(got.settlement.expect("settlement").settlement_value_micros, 1_000_000, "derived from YES");
+    let bad = Settlement { result: SettlementResult::No as i32, settlement_value_micros: 5, ..settlement };
+    let error = client.clone().upsert_settlements(UpsertSettlementsRequest { settlements: vec![bad] }).await;
+    let error = error.expect_err("refused");
+    assert!(error.message().starts_with("settlements[0].settlement_value_micros: "), "{}", error.message());
+}
+
+#[tokio::test]
+async fn a_new_day_is_written_while_a_replay_holds_the_table() {
+    let app = TestApp::start().await;
+    let channel = app.channel().await;
+    // a reader in the middle of a long replay: its snapshot holds a shared lock on the trades parent
+    let reader = app.db.client().await;
+    reader.batch_execute("BEGIN; SELECT count(*) FROM trades;").await.expect("reader");
+    let write = ingest(&channel, vec![vec![trade("x", "KX-A", DAY + 40 * 86_400, 500_000, 100)]]);
+    let answer = tokio::time::timeout(Duration::from_secs(10), write).await.expect("not blocked by the reader");
+    assert_eq!(answer.expect("ingest").0, 1);
+    reader.batch_execute("COMMIT").await.expect("reader");
 }
