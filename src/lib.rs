@@ -18,6 +18,7 @@
 //! - [`ingest`] — the write core: validation, staging by binary COPY, one keyed insert, commit before the answer.
 //! - [`service`] — IngestService over the write core (IngestTrades; the other RPCs answer UNIMPLEMENTED until
 //!   they land).
+//! - [`decimal`] — exact parsing of Kalshi's fixed-point decimal strings into micro-dollars and centi-contracts.
 //! - [`proto`] — generated code of `kalshi.replay.v1` and the descriptor set for reflection.
 //! - [`time`] — Timestamp <-> chrono conversions.
 //! - [`token`] — opaque page/resume tokens: versioned, checksummed, bound to the request's filters.
@@ -45,6 +46,7 @@ pub mod config;
 pub mod copy;
 pub mod coverage;
 pub mod db;
+pub mod decimal;
 pub mod error;
 pub mod generate;
 pub mod hash;
