@@ -18,6 +18,7 @@
 //! - [`ingest`] — the write core: validation, staging by binary COPY, one keyed insert, commit before the answer.
 //! - [`service`] — IngestService over the write core (IngestTrades; the other RPCs answer UNIMPLEMENTED until
 //!   they land).
+//! - [`kalshi`] — Kalshi's own JSON (REST pages, WebSocket log lines) converted exactly into messages, for import.
 //! - [`decimal`] — exact parsing of Kalshi's fixed-point decimal strings into micro-dollars and centi-contracts.
 //! - [`proto`] — generated code of `kalshi.replay.v1` and the descriptor set for reflection.
 //! - [`time`] — Timestamp <-> chrono conversions.
@@ -51,6 +52,7 @@ pub mod error;
 pub mod generate;
 pub mod hash;
 pub mod ingest;
+pub mod kalshi;
 pub mod migrate;
 pub mod partitions;
 pub mod pg;
