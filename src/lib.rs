@@ -18,6 +18,8 @@
 //! - [`ingest`] — the write core: validation, staging by binary COPY, one keyed insert, commit before the answer.
 //! - [`service`] — IngestService over the write core (IngestTrades; the other RPCs answer UNIMPLEMENTED until
 //!   they land).
+//! - [`kalshi`] — Kalshi's own JSON (REST pages, WebSocket log lines) converted exactly into messages, for import.
+//! - [`decimal`] — exact parsing of Kalshi's fixed-point decimal strings into micro-dollars and centi-contracts.
 //! - [`proto`] — generated code of `kalshi.replay.v1` and the descriptor set for reflection.
 //! - [`time`] — Timestamp <-> chrono conversions.
 //! - [`token`] — opaque page/resume tokens: versioned, checksummed, bound to the request's filters.
@@ -45,10 +47,12 @@ pub mod config;
 pub mod copy;
 pub mod coverage;
 pub mod db;
+pub mod decimal;
 pub mod error;
 pub mod generate;
 pub mod hash;
 pub mod ingest;
+pub mod kalshi;
 pub mod migrate;
 pub mod partitions;
 pub mod pg;
