@@ -1,4 +1,4 @@
-//! The subcommands: what `serve`, `migrate`, `generate` and `demo` do, over the library's pieces. Each opens the
+//! The subcommands: what `serve`, `migrate`, `generate`, `import` and `demo` do, over the library's pieces. Each opens the
 //! database (starting the private cluster when DATABASE_URL is unset) and always stops what it started, also after
 //! an error or Ctrl-C.
 
@@ -9,10 +9,10 @@ use tokio::net::TcpListener;
 use tokio_postgres::Client;
 
 use crate::{
-    config::{DatasetArgs, DbArgs, DemoArgs, GenerateArgs, ServeArgs},
+    config::{DatasetArgs, DbArgs, DemoArgs, GenerateArgs, ImportArgs, ServeArgs},
     db::Database,
     error::Error,
-    generate, migrate, partitions,
+    generate, import, migrate, partitions,
     server::{self, ServerOptions},
 };
 
@@ -58,6 +58,24 @@ pub async fn generate(args: GenerateArgs) -> Result<(), Error> {
             ));
         }
         load(&mut client, &args.dataset).await
+    }
+    .await;
+    finish(db, result).await
+}
+
+/// `import`: migrate, then import the files, one write per file, and print what was stored.
+pub async fn import(args: ImportArgs) -> Result<(), Error> {
+    let db = Database::open(&args.db).await?;
+    let result = async {
+        let mut client = db.connect(args.db.connect_timeout).await?;
+        migrate::run(&mut client).await?;
+        drop(client);
+        // one connection for the write, one for the partitions it creates
+        let pool = db.pool(2, args.db.connect_timeout).await?;
+        let options = import::Options { paths: args.paths.clone(), skip_bad: args.skip_bad, progress: args.progress };
+        let report = import::run(&pool, &options).await?;
+        print!("{}", report.summary());
+        Ok(())
     }
     .await;
     finish(db, result).await

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use chrono::NaiveDate;
 use clap::{Args, Parser, Subcommand};
 
-use crate::generate::DatasetSpec;
+use crate::{generate::DatasetSpec, import::ProgressMode};
 
 /// Stores Kalshi market history in PostgreSQL and replays it deterministically over gRPC.
 #[derive(Debug, Parser)]
@@ -30,6 +30,8 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Serve gRPC on a sample dataset, generated on first start (the quickest way to try the service).
     Demo(DemoArgs),
+    /// Import Kalshi's own JSON: REST pages (.json) and WebSocket logs (JSON lines), gzip or zstd or plain.
+    Import(ImportArgs),
     /// Measure throughput and latency per RPC under concurrent load.
     Bench(BenchArgs),
 }
@@ -114,6 +116,23 @@ pub struct DemoArgs {
     /// Shape of the dataset generated when the database holds no trades.
     #[command(flatten)]
     pub dataset: DatasetArgs,
+}
+
+/// `import` options.
+#[derive(Debug, Clone, Args)]
+pub struct ImportArgs {
+    /// Database options.
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Files or directories to import (directories: all their files, recursively, in path order).
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Count and log malformed lines and invalid items instead of stopping at the first one.
+    #[arg(long, env = "KALSHI_REPLAY_SKIP_BAD")]
+    pub skip_bad: bool,
+    /// Progress display: a bar on a terminal and log lines otherwise (auto), or as chosen.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub progress: ProgressMode,
 }
 
 /// `bench` options.

@@ -71,6 +71,14 @@ pub enum Error {
     /// The load generator could not run, e.g. the server to load cannot be reached or holds no data.
     #[error("bench: {0}")]
     Bench(String),
+    /// An imported file holds a line or item that cannot be stored.
+    #[error("{at}: {reason}")]
+    Import {
+        /// The file and line, e.g. `ws.jsonl:17`.
+        at: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A local file or socket operation failed.
     #[error("{action}: {source}")]
     Io {
@@ -141,7 +149,7 @@ fn database_code(state: Option<&SqlState>) -> Code {
 impl From<Error> for Status {
     fn from(e: Error) -> Self {
         match e {
-            Error::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
+            Error::InvalidArgument { .. } | Error::Import { .. } => Status::invalid_argument(e.to_string()),
             Error::NotFound { .. } => Status::not_found(e.to_string()),
             Error::ResourceExhausted(_) => Status::resource_exhausted(e.to_string()),
             Error::DeadlineExceeded => Status::deadline_exceeded(e.to_string()),

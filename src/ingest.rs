@@ -29,6 +29,7 @@ use tokio_postgres::{binary_copy::BinaryCopyInWriter, types::ToSql, types::Type}
 
 use crate::{
     db::{Manager, Pool},
+    decimal,
     error::Error,
     partitions,
     proto::{self, LifecycleEventType, MarketStatus, MarketType, SettlementResult, Side},
@@ -149,14 +150,10 @@ fn strike(at: At, name: &str, value: &str) -> Result<Option<Decimal>, Error> {
     if value.is_empty() {
         return Ok(None);
     }
-    let plain = value.strip_prefix('-').unwrap_or(value);
-    let digits = plain.split_once('.').map_or((plain, "0"), |(i, f)| (i, f));
-    let ok = !digits.0.is_empty()
-        && !digits.1.is_empty()
-        && digits.0.bytes().chain(digits.1.bytes()).all(|b| b.is_ascii_digit());
-    match Decimal::from_str_exact(value) {
-        Ok(d) if ok => Ok(Some(d)),
-        _ => Err(at.invalid(name, format!("must be a decimal number such as \"99999.99\", got {value:?}"))),
+    let plain = decimal::check_plain(value).map_err(|e| at.invalid(name, e.to_string()));
+    match Decimal::from_str_exact(plain?) {
+        Ok(d) => Ok(Some(d)),
+        Err(_) => Err(at.invalid(name, format!("must have at most 28 significant digits, got {value:?}"))),
     }
 }
 
@@ -503,6 +500,8 @@ pub struct Table {
     name: &'static str,
     kind: Kind,
     key: &'static str,
+    /// A join and condition on the staged rows `s` that skips more duplicates than the key (facts; empty for none).
+    unless: &'static str,
     columns: &'static [Column],
 }
 
@@ -510,10 +509,21 @@ macro_rules! columns {
     ($(($name:literal, $sql:expr, $ty:expr)),* $(,)?) => { &[$(Column($name, $sql, $ty)),*] };
 }
 
+/// A trade whose id is stored for its market within the same UTC second, at another time, is the same trade
+/// recorded at another precision: Kalshi's REST API gives microseconds, its WebSocket milliseconds (`ts_ms`) or
+/// seconds (`ts`), and each is the other truncated. The first stored is kept. One index range of one market's
+/// second (trades_ticker_ts) per staged trade: the LATERAL ... LIMIT 1 keeps it a nested loop (an anti-join
+/// could hash the whole table), and its ts bounds prune the partitions at run time.
+const SAME_TRADE: &str = "LEFT JOIN LATERAL (SELECT true AS found FROM trades t \
+     WHERE t.ticker = s.ticker AND t.trade_id = s.trade_id AND t.ts >= date_trunc('second', s.ts, 'UTC') \
+     AND t.ts < date_trunc('second', s.ts, 'UTC') + interval '1 second' LIMIT 1) same ON true \
+     WHERE same.found IS NULL";
+
 const TRADES: Table = Table {
     name: "trades",
     kind: Kind::Fact,
     key: "ts, ticker, trade_id",
+    unless: SAME_TRADE,
     columns: columns![
         ("ts", "timestamptz", TS),
         ("ticker", TEXT_C, Type::TEXT),
@@ -528,6 +538,7 @@ const SNAPSHOTS: Table = Table {
     name: "orderbook_snapshots",
     kind: Kind::Fact,
     key: "ts, ticker, sid, seq",
+    unless: "",
     columns: columns![
         ("ts", "timestamptz", TS),
         ("ticker", TEXT_C, Type::TEXT),
@@ -544,6 +555,7 @@ const DELTAS: Table = Table {
     name: "orderbook_deltas",
     kind: Kind::Fact,
     key: "ts, ticker, sid, seq",
+    unless: "",
     columns: columns![
         ("ts", "timestamptz", TS),
         ("ticker", TEXT_C, Type::TEXT),
@@ -559,6 +571,7 @@ const LIFECYCLE: Table = Table {
     name: "market_lifecycle",
     kind: Kind::Fact,
     key: "ts, ticker, event_type",
+    unless: "",
     columns: columns![
         ("ts", "timestamptz", TS),
         ("ticker", TEXT_C, Type::TEXT),
@@ -576,6 +589,7 @@ const SERIES: Table = Table {
     name: "series",
     kind: Kind::Reference,
     key: "ticker",
+    unless: "",
     columns: columns![
         ("ticker", TEXT_C, Type::TEXT),
         ("title", "text", Type::TEXT),
@@ -592,6 +606,7 @@ const EVENTS: Table = Table {
     name: "events",
     kind: Kind::Reference,
     key: "event_ticker",
+    unless: "",
     columns: columns![
         ("event_ticker", TEXT_C, Type::TEXT),
         ("series_ticker", TEXT_C, Type::TEXT),
@@ -609,6 +624,7 @@ const MARKETS: Table = Table {
     name: "markets",
     kind: Kind::Reference,
     key: "ticker",
+    unless: "",
     columns: columns![
         ("ticker", TEXT_C, Type::TEXT),
         ("event_ticker", TEXT_C, Type::TEXT),
@@ -637,6 +653,7 @@ const SETTLEMENTS: Table = Table {
     name: "settlements",
     kind: Kind::Reference,
     key: "market_ticker",
+    unless: "",
     columns: columns![
         ("market_ticker", TEXT_C, Type::TEXT),
         ("event_ticker", TEXT_C, Type::TEXT),
@@ -679,10 +696,15 @@ impl Table {
         let (name, staging, key, columns) = (self.name, self.staging(), self.key, self.names(""));
         match self.kind {
             // in key order, so that ingest_seq follows it and the indexes are written in order
-            Kind::Fact => format!(
-                "WITH stored AS (INSERT INTO {name} ({columns}) SELECT {columns} FROM {staging} ORDER BY {key} \
-                 ON CONFLICT DO NOTHING RETURNING 1) SELECT count(*), 0::bigint FROM stored"
-            ),
+            Kind::Fact => {
+                let unless = self.unless;
+                format!(
+                    "WITH stored AS (INSERT INTO {name} ({columns}) SELECT {} FROM {staging} s {unless} \
+                     ORDER BY {} ON CONFLICT DO NOTHING RETURNING 1) SELECT count(*), 0::bigint FROM stored",
+                    self.names("s."),
+                    key.split(", ").map(|k| format!("s.{k}")).collect::<Vec<_>>().join(", "),
+                )
+            }
             Kind::Reference => {
                 let keys: Vec<&str> = key.split(", ").collect();
                 let values: Vec<&str> =
@@ -898,7 +920,11 @@ pub struct Write {
     days: BTreeSet<NaiveDate>,
     /// Rows staged so far, per staging table created.
     staged: BTreeMap<&'static str, i64>,
+    /// Whether this write holds the fact writers' lock.
+    locked: bool,
 }
+
+const FACT_WRITE_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext('kalshi_replay.fact_writes'))";
 
 impl fmt::Debug for Write {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -911,7 +937,7 @@ impl Write {
     pub async fn begin(pool: &Pool) -> Result<Self, Error> {
         let conn = pool.get_owned().await?;
         conn.batch_execute("BEGIN").await?;
-        Ok(Self { pool: pool.clone(), conn: Some(conn), days: BTreeSet::new(), staged: BTreeMap::new() })
+        Ok(Self { pool: pool.clone(), conn: Some(conn), days: BTreeSet::new(), staged: BTreeMap::new(), locked: false })
     }
 
     fn conn(&self) -> &Conn {
@@ -960,6 +986,12 @@ impl Write {
         let staged = self.staged.get(table.name).copied().unwrap_or(0);
         if staged == 0 {
             return Ok(Stored::default());
+        }
+        if table.kind == Kind::Fact && !self.locked {
+            // the lock the fact tables' trigger takes (0003), taken first so that the statement's snapshot sees
+            // every write committed before: the duplicate check of SAME_TRADE must not miss a concurrent one
+            self.conn().batch_execute(FACT_WRITE_LOCK).await?;
+            self.locked = true;
         }
         let row = self.conn().query_one(&table.store_sql(), &[]).await?;
         let (inserted, updated): (i64, i64) = (row.get(0), row.get(1));
@@ -1209,7 +1241,7 @@ mod tests {
         assert!(sql.contains("ON CONFLICT (ticker) DO UPDATE SET event_ticker = EXCLUDED.event_ticker"), "{sql}");
         assert!(sql.contains("updated_at = EXCLUDED.updated_at WHERE t.updated_at < EXCLUDED.updated_at"), "{sql}");
         assert!(!sql.contains("t.ticker"), "the key is not compared: {sql}");
-        assert!(TRADES.store_sql().contains("ORDER BY ts, ticker, trade_id ON CONFLICT DO NOTHING"));
+        assert!(TRADES.store_sql().contains("ORDER BY s.ts, s.ticker, s.trade_id ON CONFLICT DO NOTHING"));
         assert_eq!(TRADES.copy_types().len(), TRADES.columns.len());
         assert_eq!(SERIES.copy_types().len(), SERIES.columns.len() + 1);
     }

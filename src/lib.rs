@@ -51,6 +51,7 @@ pub mod decimal;
 pub mod error;
 pub mod generate;
 pub mod hash;
+pub mod import;
 pub mod ingest;
 pub mod kalshi;
 pub mod migrate;

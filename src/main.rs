@@ -23,6 +23,7 @@ async fn main() -> ExitCode {
         Command::Migrate(args) => app::migrate(args).await,
         Command::Generate(args) => app::generate(args).await,
         Command::Demo(args) => app::demo(args).await,
+        Command::Import(args) => app::import(args).await,
         Command::Bench(args) => bench::run(args).await,
     };
     match result {

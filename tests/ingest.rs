@@ -130,6 +130,35 @@ async fn trades_are_stored_once_in_their_order_and_the_answer_comes_after_the_co
     assert_eq!(ingest(&channel, vec![]).await.expect("empty"), (0, 0, watermark));
 }
 
+#[tokio::test]
+async fn a_trade_recorded_at_another_precision_is_the_same_trade() {
+    let app = TestApp::start().await;
+    let db = app.db.client().await;
+    let channel = app.channel().await;
+    let at = |micros: i64| Some(Timestamp { seconds: DAY + 7, nanos: (micros * 1000) as i32 });
+    // the WebSocket's ts_ms first, then REST's microseconds, then the WebSocket's whole seconds
+    let ms = Trade { time: at(123_000), ..trade("t-1", "KX-A", 0, 290_000, 1234) };
+    let us = Trade { time: at(123_456), ..ms.clone() };
+    let s = Trade { time: at(0), ..ms.clone() };
+    assert_eq!(ingest(&channel, vec![vec![ms]]).await.expect("ms").0, 1);
+    assert_eq!(ingest(&channel, vec![vec![us.clone()], vec![s]]).await.expect("again").0, 0);
+    // the same id in another second, or in another market, is another trade
+    let later = Trade { time: Some(Timestamp { seconds: DAY + 8, nanos: 0 }), ..us.clone() };
+    let other = Trade { market_ticker: "KX-B".into(), ..us };
+    assert_eq!(ingest(&channel, vec![vec![later, other]]).await.expect("others").0, 2);
+    let stored: Vec<(String, i64)> = db
+        .query("SELECT ticker, (extract(epoch FROM ts) * 1000000)::bigint FROM trades ORDER BY 1, 2", &[])
+        .await
+        .expect("trades")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let micros = (DAY + 7) * 1_000_000;
+    let expected = [("KX-A", micros + 123_000), ("KX-A", micros + 1_000_000), ("KX-B", micros + 123_456)];
+    assert_eq!(stored, expected.map(|(t, m)| (t.to_owned(), m)), "the first stored is kept");
+    assert_eq!(state(&db).await[1], 3, "coverage counts each trade once");
+}
+
 /// A change that makes a good trade bad.
 type Spoil = fn(&mut Trade);
 

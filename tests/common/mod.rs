@@ -250,7 +250,7 @@ impl TestApp {
 }
 
 /// A URL of the test database for another process.
-fn url_of(config: &Config) -> String {
+pub fn url_of(config: &Config) -> String {
     let host = match config.get_hosts().first() {
         Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
         other => panic!("a TCP host is needed, got {other:?}"),

@@ -1,0 +1,424 @@
+//! `kalshi-replay import`: Kalshi's own JSON files into the database, through the same write core as
+//! IngestService ([`crate::ingest`]).
+//!
+//! - Inputs: files, or directories (all their files, recursively, in path order; names starting with `.` are
+//!   skipped). Each file is gzip, zstd or plain, told by its first bytes.
+//! - Formats, told by the name without its compression suffix: `*.json` is one JSON document (a REST page,
+//!   with or without its `cursor` envelope, read whole); anything else is JSON lines (WebSocket messages with a
+//!   receive time, or REST objects), read line by line. [`crate::kalshi`] converts the shapes and units.
+//! - One file is one write: validated like an RPC's items, committed whole, and skipped items are counted. A
+//!   malformed line or item stops the import with its file and line (files committed before it stay), or, with
+//!   `--skip-bad`, is counted and logged. Re-running an import stores nothing new: facts are keyed, reference rows
+//!   last-writer-wins.
+//! - A reader thread per file parses while the database writes: a bounded channel of chunks of lines between
+//!   them keeps memory flat whatever the file's size (JSON documents excepted: read whole).
+//! - Progress: a bar with rows/s and ETA (by input bytes) on a terminal, a log line every few seconds otherwise.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, IsTerminal, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
+
+use crate::{
+    db::Pool,
+    error::Error,
+    ingest::{self, At, Batch, Stored, Write},
+    kalshi::{self, Record},
+};
+
+/// How progress is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProgressMode {
+    /// A bar on a terminal (stderr), log lines otherwise.
+    Auto,
+    /// Always the bar.
+    Bar,
+    /// Log lines every few seconds.
+    Log,
+    /// Nothing until the summary.
+    Off,
+}
+
+/// What to import and how.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Files and directories.
+    pub paths: Vec<PathBuf>,
+    /// Count and log malformed lines and invalid items instead of stopping at the first.
+    pub skip_bad: bool,
+    /// How progress is shown.
+    pub progress: ProgressMode,
+}
+
+/// What an import did.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// Files imported.
+    pub files: u64,
+    /// Input bytes read (compressed size).
+    pub bytes: u64,
+    /// Lines read (a JSON document counts its lines too).
+    pub lines: u64,
+    /// Items found, per table: `trades`, `orderbook_snapshots`, ...
+    pub stored: BTreeMap<&'static str, Stored>,
+    /// Lines or items skipped as malformed or invalid (`--skip-bad`).
+    pub bad: u64,
+    /// Messages of kinds the service does not store, per kind (e.g. `ticker`, `subscribed`).
+    pub ignored: BTreeMap<String, u64>,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+impl Report {
+    /// Rows sent to the database (stored or skipped as already there).
+    pub fn rows(&self) -> i64 {
+        self.stored.values().map(|s| s.inserted + s.updated + s.skipped).sum()
+    }
+
+    /// One line per table and the totals, for the command line.
+    pub fn summary(&self) -> String {
+        let mut out = format!(
+            "imported {} files ({} bytes, {} lines) in {:.1} s: {} rows, {:.0} rows/s\n",
+            self.files,
+            self.bytes,
+            self.lines,
+            self.elapsed.as_secs_f64(),
+            self.rows(),
+            self.rows() as f64 / self.elapsed.as_secs_f64().max(1e-9),
+        );
+        for (table, s) in &self.stored {
+            out.push_str(&format!(
+                "  {table}: {} inserted, {} updated, {} already stored or unchanged\n",
+                s.inserted, s.updated, s.skipped
+            ));
+        }
+        if self.bad > 0 {
+            out.push_str(&format!("  skipped as bad: {}\n", self.bad));
+        }
+        for (kind, n) in &self.ignored {
+            out.push_str(&format!("  ignored {kind} messages: {n}\n"));
+        }
+        out
+    }
+}
+
+/// The files of `paths`: files as given, directories expanded recursively in path order.
+pub fn files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Error> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), Error> {
+        let entries = std::fs::read_dir(dir).map_err(|e| Error::io(format!("read directory {}", dir.display()), e))?;
+        let mut paths: Vec<PathBuf> = entries
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| Error::io(format!("read directory {}", dir.display()), e))?;
+        paths.retain(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')));
+        paths.sort();
+        for path in paths {
+            if path.is_dir() { walk(&path, out)? } else { out.push(path) }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    for path in paths {
+        let meta = std::fs::metadata(path).map_err(|e| Error::io(format!("read {}", path.display()), e))?;
+        if meta.is_dir() { walk(path, &mut out)? } else { out.push(path.clone()) }
+    }
+    Ok(out)
+}
+
+/// The name of `path` without a compression suffix ends in `.json`: one document, not JSON lines.
+fn is_document(path: &Path) -> bool {
+    let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+    let name = [".gz", ".zst", ".zstd"].iter().fold(name.as_str(), |n, s| n.strip_suffix(s).unwrap_or(n));
+    name.ends_with(".json")
+}
+
+/// Counts the bytes read from the file, for progress.
+struct Counting<R> {
+    inner: R,
+    read: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// Opens `path`, decompressing gzip (also concatenated members) or zstd as its first bytes say.
+fn open(path: &Path, read: Arc<AtomicU64>) -> Result<Box<dyn BufRead + Send>, Error> {
+    let file = File::open(path).map_err(|e| Error::io(format!("open {}", path.display()), e))?;
+    let mut raw = BufReader::with_capacity(1 << 16, Counting { inner: file, read });
+    let head = raw.fill_buf().map_err(|e| Error::io(format!("read {}", path.display()), e))?;
+    Ok(if head.starts_with(&[0x1f, 0x8b]) {
+        Box::new(BufReader::with_capacity(1 << 16, flate2::bufread::MultiGzDecoder::new(raw)))
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        let decoder = zstd::stream::read::Decoder::with_buffer(raw)
+            .map_err(|e| Error::io(format!("read zstd {}", path.display()), e))?;
+        Box::new(BufReader::with_capacity(1 << 16, decoder))
+    } else {
+        Box::new(raw)
+    })
+}
+
+/// Lines handed from the reader thread to the writer at a time.
+const CHUNK_LINES: usize = 1024;
+
+/// What the reader found on one line (or in one document: line 0 stands for the whole file).
+type Parsed = (u64, Result<Vec<Record>, String>);
+
+/// Reads and parses `path` on the calling (blocking) thread into `tx`; an I/O error ends the file.
+fn read_file(path: &Path, read: Arc<AtomicU64>, tx: &mpsc::Sender<Vec<Parsed>>) -> Result<u64, Error> {
+    let mut input = open(path, read)?;
+    let io = |e: std::io::Error| Error::io(format!("read {}", path.display()), e);
+    if is_document(path) {
+        let mut text = String::new();
+        input.read_to_string(&mut text).map_err(io)?;
+        let lines = text.lines().count() as u64;
+        let parsed = match serde_json::from_str::<serde_json::Value>(&text) {
+            Ok(value) => kalshi::parse_document(&value).map_err(|e| e.to_string()),
+            Err(e) => Err(format!("line {}: {e}", e.line())),
+        };
+        let _ = tx.blocking_send(vec![(0, parsed)]);
+        return Ok(lines);
+    }
+    let mut chunk = Vec::with_capacity(CHUNK_LINES);
+    let mut line = String::new();
+    let mut number = 0;
+    loop {
+        line.clear();
+        if input.read_line(&mut line).map_err(io)? == 0 {
+            break;
+        }
+        number += 1;
+        chunk.push((number, kalshi::parse_line(&line).map_err(|e| e.to_string())));
+        if chunk.len() == CHUNK_LINES && tx.blocking_send(std::mem::take(&mut chunk)).is_err() {
+            // the writer stopped (an error): no need to read on
+            return Ok(number);
+        }
+    }
+    let _ = tx.blocking_send(chunk);
+    Ok(number)
+}
+
+/// The batches of one file's write, one per table.
+#[derive(Debug, Default)]
+struct Batches {
+    trades: Batch<ingest::TradeRow>,
+    snapshots: Batch<ingest::SnapshotRow>,
+    deltas: Batch<ingest::DeltaRow>,
+    lifecycle: Batch<ingest::LifecycleRow>,
+    series: Batch<ingest::SeriesRow>,
+    events: Batch<ingest::EventRow>,
+    markets: Batch<ingest::MarketRow>,
+    settlements: Batch<ingest::SettlementRow>,
+}
+
+/// Where a record's validation error points: the bare kind (the file and line come first).
+fn at(kind: &'static str) -> At {
+    At { kind, index: None }
+}
+
+impl Batches {
+    /// Validates `record` and adds it; Ok(false) for a kind the service does not store.
+    async fn push(&mut self, write: &mut Write, record: Record, now: DateTime<Utc>) -> Result<Option<String>, Error> {
+        match record {
+            Record::Trade(t) => self.trades.push(write, ingest::validate_trade(at("trade"), &t)?).await?,
+            Record::Snapshot(s) => {
+                self.snapshots.push(write, ingest::validate_snapshot(at("orderbook_snapshot"), &s)?).await?
+            }
+            Record::Delta(d) => self.deltas.push(write, ingest::validate_delta(at("orderbook_delta"), &d)?).await?,
+            Record::Lifecycle(l) => {
+                self.lifecycle.push(write, ingest::validate_lifecycle(at("market_lifecycle"), &l)?).await?
+            }
+            Record::Series(s) => self.series.push(write, ingest::validate_series(at("series"), &s, now)?).await?,
+            Record::Event(e) => self.events.push(write, ingest::validate_event(at("event"), &e, now)?).await?,
+            Record::Market(m) => self.markets.push(write, ingest::validate_market(at("market"), &m, now)?).await?,
+            Record::Settlement(s) => {
+                self.settlements.push(write, ingest::validate_settlement(at("settlement"), &s, now)?).await?
+            }
+            Record::Ignored(kind) => return Ok(Some(kind)),
+        }
+        Ok(None)
+    }
+
+    /// Stores every table's rows in the write, and adds the counts to `report`.
+    async fn store(self, write: &mut Write, report: &mut BTreeMap<&'static str, Stored>) -> Result<(), Error> {
+        let mut add = |table: &'static str, stored: Stored| {
+            if stored != Stored::default() {
+                *report.entry(table).or_default() += stored;
+            }
+        };
+        add("trades", self.trades.store(write).await?);
+        add("orderbook_snapshots", self.snapshots.store(write).await?);
+        add("orderbook_deltas", self.deltas.store(write).await?);
+        add("market_lifecycle", self.lifecycle.store(write).await?);
+        add("series", self.series.store(write).await?);
+        add("events", self.events.store(write).await?);
+        add("markets", self.markets.store(write).await?);
+        add("settlements", self.settlements.store(write).await?);
+        Ok(())
+    }
+}
+
+/// At most this many bad lines are logged one by one with --skip-bad; the rest are counted.
+const BAD_LOGGED: u64 = 20;
+
+/// Imports every file of `options.paths` into the database of `pool`.
+pub async fn run(pool: &Pool, options: &Options) -> Result<Report, Error> {
+    let started = Instant::now();
+    let files = files(&options.paths)?;
+    let total: u64 = files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();
+    let read = Arc::new(AtomicU64::new(0));
+    let mut progress = Progress::new(options.progress, total);
+    let mut report = Report::default();
+    for path in &files {
+        import_file(pool, path, options.skip_bad, &read, &mut progress, &mut report).await?;
+        report.files += 1;
+    }
+    progress.finish();
+    report.bytes = read.load(Ordering::Relaxed);
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
+
+/// One file, one write: commits when the whole file went in.
+async fn import_file(
+    pool: &Pool,
+    path: &Path,
+    skip_bad: bool,
+    read: &Arc<AtomicU64>,
+    progress: &mut Progress,
+    report: &mut Report,
+) -> Result<(), Error> {
+    let (tx, mut rx) = mpsc::channel::<Vec<Parsed>>(4);
+    let reader = {
+        let (path, read) = (path.to_owned(), read.clone());
+        tokio::task::spawn_blocking(move || read_file(&path, read, &tx))
+    };
+    let name = path.display().to_string();
+    let now = Utc::now();
+    let mut write = Write::begin(pool).await?;
+    let mut batches = Batches::default();
+    let mut records = 0u64;
+    while let Some(chunk) = rx.recv().await {
+        for (line, parsed) in chunk {
+            let place = if line == 0 { name.clone() } else { format!("{name}:{line}") };
+            let bad = |reason: String, report: &mut Report| -> Result<(), Error> {
+                if !skip_bad {
+                    return Err(Error::Import { at: place.clone(), reason });
+                }
+                report.bad += 1;
+                if report.bad <= BAD_LOGGED {
+                    tracing::warn!("skipped {place}: {reason}");
+                } else if report.bad == BAD_LOGGED + 1 {
+                    tracing::warn!("more bad lines are skipped without a message; the summary counts them");
+                }
+                Ok(())
+            };
+            let parsed = match parsed {
+                Ok(parsed) => parsed,
+                Err(reason) => {
+                    bad(reason, report)?;
+                    continue;
+                }
+            };
+            for record in parsed {
+                match batches.push(&mut write, record, now).await {
+                    Ok(Some(kind)) => *report.ignored.entry(kind).or_default() += 1,
+                    Ok(None) => records += 1,
+                    Err(Error::InvalidArgument { field, reason }) => bad(format!("{field}: {reason}"), report)?,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        progress.update(read.load(Ordering::Relaxed), report.rows() + records as i64);
+    }
+    report.lines += reader.await.map_err(|e| Error::Import { at: name.clone(), reason: e.to_string() })??;
+    batches.store(&mut write, &mut report.stored).await?;
+    write.commit().await?;
+    tracing::debug!("imported {name}");
+    Ok(())
+}
+
+/// How often a log line reports progress when there is no bar.
+const LOG_EVERY: Duration = Duration::from_secs(5);
+
+/// The progress display.
+#[derive(Debug)]
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    log: bool,
+    total: u64,
+    started: Instant,
+    logged: Instant,
+}
+
+impl Progress {
+    fn new(mode: ProgressMode, total: u64) -> Self {
+        let terminal = std::io::stderr().is_terminal();
+        let bar = matches!(mode, ProgressMode::Bar) || (mode == ProgressMode::Auto && terminal);
+        let log = matches!(mode, ProgressMode::Log) || (mode == ProgressMode::Auto && !terminal);
+        let bar = bar.then(|| {
+            let bar = indicatif::ProgressBar::new(total);
+            let style = indicatif::ProgressStyle::with_template(
+                "{elapsed_precise} [{wide_bar}] {binary_bytes}/{binary_total_bytes} {msg} ETA {eta}",
+            )
+            .expect("valid template");
+            bar.set_style(style);
+            bar
+        });
+        Self { bar, log, total, started: Instant::now(), logged: Instant::now() }
+    }
+
+    fn update(&mut self, bytes: u64, rows: i64) {
+        let rate = rows as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
+        if let Some(bar) = &self.bar {
+            bar.set_position(bytes);
+            bar.set_message(format!("{rows} rows, {rate:.0} rows/s"));
+        }
+        if self.log && self.logged.elapsed() >= LOG_EVERY {
+            self.logged = Instant::now();
+            let share = bytes as f64 / self.total.max(1) as f64;
+            let eta = self.started.elapsed().as_secs_f64() * (1.0 - share) / share.max(1e-9);
+            tracing::info!(
+                "import: {bytes} of {} bytes ({:.0}%), {rows} rows, {rate:.0} rows/s, ETA {eta:.0} s",
+                self.total,
+                share * 100.0
+            );
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_format_is_told_by_the_name_without_its_compression() {
+        for (name, document) in [
+            ("a/trades.json", true),
+            ("trades.JSON.gz", true),
+            ("trades.json.zst", true),
+            ("ws.jsonl", false),
+            ("ws.jsonl.zstd", false),
+            ("ws.log", false),
+            ("json", false),
+        ] {
+            assert_eq!(is_document(Path::new(name)), document, "{name}");
+        }
+    }
+}
