@@ -79,6 +79,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Error> {
         BenchTarget::Reference(args) => reference(args).await,
         BenchTarget::Replay(args) => crate::bench_replay::run(args).await,
         BenchTarget::Candles(args) => crate::bench_candles::run(args).await,
+        BenchTarget::Ingest(args) => crate::bench_ingest::run(args).await,
     }
 }
 

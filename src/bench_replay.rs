@@ -272,12 +272,16 @@ struct Report {
 
 /// The median of trades per second of one case over the runs.
 fn median_rate(runs: &[Run], case: impl Fn(&Run) -> (u64, f64)) -> f64 {
-    let mut rates: Vec<f64> = runs.iter().map(case).map(|(n, s)| n as f64 / s.max(1e-9)).collect();
-    rates.sort_by(f64::total_cmp);
-    match rates.len() {
+    median(runs.iter().map(case).map(|(n, s)| n as f64 / s.max(1e-9)).collect())
+}
+
+/// The median of `values`; 0 for none.
+pub(crate) fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
         0 => 0.0,
-        n if n % 2 == 1 => rates[n / 2],
-        n => (rates[n / 2 - 1] + rates[n / 2]) / 2.0,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
     }
 }
 

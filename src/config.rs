@@ -152,6 +152,38 @@ pub enum BenchTarget {
     Replay(BenchReplayArgs),
     /// StreamCandles against psql running the same aggregation in SQL, at 1 minute, 1 hour and 1 day.
     Candles(BenchReplayArgs),
+    /// IngestTrades and `import` against psql's COPY FROM STDIN of the same rows into the trades table.
+    Ingest(BenchIngestArgs),
+}
+
+/// `bench ingest` options.
+#[derive(Debug, Clone, Args)]
+#[command(mut_arg("data_dir", |a| a.default_value(".kalshi-replay-bench-ingest")))]
+pub struct BenchIngestArgs {
+    /// Runs of each measurement; the report gives medians.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub runs: u32,
+    /// Trades written by each way.
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub trades: u64,
+    /// Markets the trades are spread over.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub markets: u32,
+    /// UTC days the trades are spread over.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=3650))]
+    pub days: u32,
+    /// First UTC day.
+    #[arg(long, default_value = "2025-01-06")]
+    pub start: NaiveDate,
+    /// Trades per IngestTrades message.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub batch_size: u64,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Database options: an empty database (its trades are truncated).
+    #[command(flatten)]
+    pub db: DbArgs,
 }
 
 /// `bench replay` options.

@@ -201,6 +201,11 @@ mod tests {
                 Some("unknown market ticker: A, B"),
             ),
             (Error::ResourceExhausted("too many tickers".into()), Code::ResourceExhausted, Some("too many")),
+            (
+                Error::Import { at: "ws.jsonl:3".into(), reason: "bad".into() },
+                Code::InvalidArgument,
+                Some("ws.jsonl:3"),
+            ),
             (Error::Pool("secret host detail".into()), Code::Unavailable, None),
             (Error::Connect { target: "db:5432/x".into(), reason: "refused".into() }, Code::Unavailable, None),
             (

@@ -4,7 +4,7 @@
 //! # Layout
 //!
 //! - [`config`] — command line and environment (clap), one struct per subcommand.
-//! - [`app`] — what each subcommand does (`serve`, `migrate`, `generate`, `demo`).
+//! - [`app`] — what each subcommand does (`serve`, `migrate`, `generate`, `import`, `demo`).
 //! - [`server`] — the tonic server: services, health per service, reflection v1/v1alpha, background tasks.
 //! - [`reference`] — ReferenceService: hierarchy lookups, settlements, coverage; keyset paging.
 //! - [`replay`] — ReplayService and the replay contract of every stream: snapshot and watermark, market
@@ -15,9 +15,11 @@
 //!   streams read them in place of the trades.
 //! - [`copy`] — reader of PostgreSQL's binary COPY format.
 //! - [`hash`] — the streams' content hash: SHA-256 whose running state fits in a resume token.
-//! - [`ingest`] — the write core: validation, staging by binary COPY, one keyed insert, commit before the answer.
-//! - [`service`] — IngestService over the write core (IngestTrades; the other RPCs answer UNIMPLEMENTED until
-//!   they land).
+//! - [`ingest`] — the write core of IngestService and `import`: validation into one row type per table, staging
+//!   by binary COPY, one keyed insert (facts) or last-writer-wins upsert (reference rows), commit before the answer.
+//! - [`service`] — IngestService over the write core: the client-streaming fact writes and the batch upserts.
+//! - [`import`] — `import`: files and directories, gzip/zstd, JSON documents and lines, one write per file,
+//!   `--skip-bad`, progress.
 //! - [`kalshi`] — Kalshi's own JSON (REST pages, WebSocket log lines) converted exactly into messages, for import.
 //! - [`decimal`] — exact parsing of Kalshi's fixed-point decimal strings into micro-dollars and centi-contracts.
 //! - [`proto`] — generated code of `kalshi.replay.v1` and the descriptor set for reflection.
@@ -33,6 +35,7 @@
 //! - [`generate`] — the deterministic synthetic dataset and its COPY loader.
 //! - [`bench`] — `bench reference`: a gRPC load generator reporting throughput and latency percentiles per RPC.
 //! - [`bench_candles`] — `bench candles`: StreamCandles against psql running the same aggregation in SQL.
+//! - [`bench_ingest`] — `bench ingest`: IngestTrades and `import` against psql's COPY FROM STDIN of the same rows.
 //! - [`bench_replay`] — `bench replay`: StreamTrades against psql's COPY of the same rows, and the server's RSS.
 //! - [`telemetry`] — logging.
 
@@ -40,6 +43,7 @@ pub mod aggregates;
 pub mod app;
 pub mod bench;
 pub mod bench_candles;
+pub mod bench_ingest;
 pub mod bench_replay;
 pub mod cache;
 pub mod candles;
