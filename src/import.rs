@@ -283,8 +283,8 @@ pub async fn run(pool: &Pool, options: &Options) -> Result<Report, Error> {
         import_file(pool, path, options.skip_bad, &read, &mut progress, &mut report).await?;
         report.files += 1;
     }
-    progress.finish();
     report.bytes = read.load(Ordering::Relaxed);
+    progress.finish(report.bytes, report.rows());
     report.elapsed = started.elapsed();
     Ok(report)
 }
@@ -396,9 +396,14 @@ impl Progress {
         }
     }
 
-    fn finish(&self) {
+    fn finish(&mut self, bytes: u64, rows: i64) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
+        }
+        if self.log {
+            // the last state, however short the import was
+            self.logged = Instant::now() - LOG_EVERY;
+            self.update(bytes, rows);
         }
     }
 }

@@ -266,5 +266,7 @@ async fn the_import_command_reports_what_it_stored_and_fails_on_a_bad_line() {
     assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
     assert!(stdout.contains("trades: 1 inserted"), "{stdout}");
     assert!(stdout.contains("skipped as bad: 1"), "{stdout}");
-    assert!(String::from_utf8_lossy(&done.stderr).contains(&format!("skipped {}:2", path.display())));
+    let log = String::from_utf8_lossy(&done.stderr);
+    assert!(log.contains(&format!("skipped {}:2", path.display())), "{log}");
+    assert!(log.contains("import: ") && log.contains(" rows, "), "a progress line in log mode: {log}");
 }
