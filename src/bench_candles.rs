@@ -10,7 +10,6 @@ use std::time::Instant;
 use tonic::transport::Channel;
 
 use crate::{
-    app,
     bench_replay::{self, Dataset},
     config::BenchReplayArgs,
     db::Database,
@@ -25,13 +24,8 @@ const INTERVALS: [(i32, &str); 3] = [(60, "1m"), (3600, "1h"), (86_400, "1d")];
 
 /// `bench candles`.
 pub async fn run(args: BenchReplayArgs) -> Result<(), Error> {
-    let interrupted = app::shutdown_signal()?;
-    let db = Database::open(&args.db).await?;
-    let result = tokio::select! {
-        report = measure(&db, &args) => report.map(|report| report.print(args.json)),
-        () = interrupted => Err(Error::Bench("interrupted".to_owned())),
-    };
-    app::finish(db, result).await
+    bench_replay::with_database(&args.db, async |db| measure(db, &args).await.map(|report| report.print(args.json)))
+        .await
 }
 
 /// The SQL a PostgreSQL user would write for the same candles (fill NONE): one row per market and period with

@@ -24,8 +24,7 @@ use tokio_postgres::Client;
 use tonic::transport::Channel;
 
 use crate::{
-    app,
-    bench_replay::{median, spawn_server},
+    bench_replay::{self, median, spawn_server},
     config::BenchIngestArgs,
     db::Database,
     error::Error,
@@ -39,13 +38,8 @@ const PREFIX: &str = "KXBENCH-";
 
 /// `bench ingest`.
 pub async fn run(args: BenchIngestArgs) -> Result<(), Error> {
-    let interrupted = app::shutdown_signal()?;
-    let db = Database::open(&args.db).await?;
-    let result = tokio::select! {
-        report = measure(&db, &args) => report.map(|report| report.print(args.json)),
-        () = interrupted => Err(Error::Bench("interrupted".to_owned())),
-    };
-    app::finish(db, result).await
+    bench_replay::with_database(&args.db, async |db| measure(db, &args).await.map(|report| report.print(args.json)))
+        .await
 }
 
 /// One synthetic trade.

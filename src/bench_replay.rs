@@ -21,7 +21,7 @@ use tonic::transport::Channel;
 
 use crate::{
     app,
-    config::BenchReplayArgs,
+    config::{BenchReplayArgs, DbArgs},
     db::Database,
     error::Error,
     generate, migrate, pg,
@@ -32,10 +32,19 @@ use crate::{
 
 /// `bench replay`.
 pub async fn run(args: BenchReplayArgs) -> Result<(), Error> {
+    with_database(&args.db, async |db| measure(db, &args).await.map(|report| report.print(args.json))).await
+}
+
+/// Runs a bench's `measure` over the database of `db` (the private one started when DATABASE_URL is unset),
+/// stops it on Ctrl-C or SIGTERM, and always stops what it started.
+pub(crate) async fn with_database(
+    db: &DbArgs,
+    measure: impl AsyncFnOnce(&Database) -> Result<(), Error>,
+) -> Result<(), Error> {
     let interrupted = app::shutdown_signal()?;
-    let db = Database::open(&args.db).await?;
+    let db = Database::open(db).await?;
     let result = tokio::select! {
-        report = measure(&db, &args) => report.map(|report| report.print(args.json)),
+        done = measure(&db) => done,
         () = interrupted => Err(Error::Bench("interrupted".to_owned())),
     };
     app::finish(db, result).await
