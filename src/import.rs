@@ -305,7 +305,7 @@ async fn import_file(
     };
     let name = path.display().to_string();
     let now = Utc::now();
-    let mut write = Write::begin(pool).await?;
+    let mut write = Write::new(pool);
     let mut batches = Batches::default();
     let mut records = 0u64;
     while let Some(chunk) = rx.recv().await {

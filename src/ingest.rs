@@ -933,27 +933,32 @@ impl fmt::Debug for Write {
 }
 
 impl Write {
-    /// Opens the write's transaction.
-    pub async fn begin(pool: &Pool) -> Result<Self, Error> {
-        let conn = pool.get_owned().await?;
-        conn.batch_execute("BEGIN").await?;
-        Ok(Self { pool: pool.clone(), conn: Some(conn), days: BTreeSet::new(), staged: BTreeMap::new(), locked: false })
+    /// A write to `pool`. It takes a connection and opens its transaction only when it first stages rows, so a
+    /// client stream that sends little, or slowly, holds no connection until then.
+    pub fn new(pool: &Pool) -> Self {
+        Self { pool: pool.clone(), conn: None, days: BTreeSet::new(), staged: BTreeMap::new(), locked: false }
     }
 
-    fn conn(&self) -> &Conn {
-        self.conn.as_ref().expect("open until committed")
+    /// The write's connection, in its transaction.
+    async fn conn(&mut self) -> Result<&Conn, Error> {
+        if self.conn.is_none() {
+            let conn = self.pool.get_owned().await?;
+            conn.batch_execute("BEGIN").await?;
+            self.conn = Some(conn);
+        }
+        Ok(self.conn.as_ref().expect("opened above"))
     }
 
     /// Copies `rows` into their staging table (created on first use) and empties it, after creating the
     /// partitions of their days.
     async fn stage<R: Row>(&mut self, rows: &mut Vec<R>) -> Result<(), Error> {
         let table = R::TABLE;
-        if !self.staged.contains_key(table.name) {
-            self.conn().batch_execute(&table.create_sql()).await?;
-            self.staged.insert(table.name, 0);
-        }
         if rows.is_empty() {
             return Ok(());
+        }
+        if !self.staged.contains_key(table.name) {
+            self.conn().await?.batch_execute(&table.create_sql()).await?;
+            self.staged.insert(table.name, 0);
         }
         let days: BTreeSet<NaiveDate> = rows.iter().filter_map(R::day).filter(|d| !self.days.contains(d)).collect();
         if !days.is_empty() {
@@ -966,8 +971,8 @@ impl Write {
         }
         let staged = self.staged[table.name];
         let reference = table.kind == Kind::Reference;
-        let mut writer =
-            pin!(BinaryCopyInWriter::new(self.conn().copy_in(&table.copy_sql()).await?, &table.copy_types()));
+        let sink = self.conn().await?.copy_in(&table.copy_sql()).await?;
+        let mut writer = pin!(BinaryCopyInWriter::new(sink, &table.copy_types()));
         for (n, row) in (staged..).zip(rows.iter()) {
             let mut values = row.values();
             if reference {
@@ -990,18 +995,22 @@ impl Write {
         if table.kind == Kind::Fact && !self.locked {
             // the lock the fact tables' trigger takes (0003), taken first so that the statement's snapshot sees
             // every write committed before: the duplicate check of SAME_TRADE must not miss a concurrent one
-            self.conn().batch_execute(FACT_WRITE_LOCK).await?;
+            self.conn().await?.batch_execute(FACT_WRITE_LOCK).await?;
             self.locked = true;
         }
-        let row = self.conn().query_one(&table.store_sql(), &[]).await?;
+        let row = self.conn().await?.query_one(&table.store_sql(), &[]).await?;
         let (inserted, updated): (i64, i64) = (row.get(0), row.get(1));
         Ok(Stored { inserted, updated, skipped: staged - inserted - updated })
     }
 
     /// Commits, and returns the watermark after the commit.
     pub async fn commit(mut self) -> Result<i64, Error> {
-        let conn = self.conn.take().expect("open until committed");
-        let watermark: i64 = conn.query_one("SELECT watermark FROM data_version", &[]).await?.get(0);
+        const WATERMARK: &str = "SELECT watermark FROM data_version";
+        let Some(conn) = self.conn.take() else {
+            // nothing was staged: nothing to commit
+            return Ok(self.pool.get().await?.query_one(WATERMARK, &[]).await?.get(0));
+        };
+        let watermark: i64 = conn.query_one(WATERMARK, &[]).await?.get(0);
         conn.batch_execute("COMMIT").await?;
         Ok(watermark)
     }

@@ -40,7 +40,7 @@ impl IngestApi {
         items: fn(&M) -> &[P],
         validate: fn(At, &P) -> Result<R, Error>,
     ) -> Result<(ingest::Stored, i64), Status> {
-        let mut write = Write::begin(&self.pool).await?;
+        let mut write = Write::new(&self.pool);
         let mut batch = Batch::default();
         let mut index = 0;
         while let Some(message) = stream.message().await? {
@@ -63,7 +63,7 @@ impl IngestApi {
         let now = Utc::now();
         let rows = items.iter().enumerate().map(|(i, item)| validate(At::item(kind, i), item, now));
         let rows: Vec<R> = rows.collect::<Result<_, _>>()?;
-        let mut write = Write::begin(&self.pool).await?;
+        let mut write = Write::new(&self.pool);
         let mut batch = Batch::default();
         for row in rows {
             batch.push(&mut write, row).await?;
@@ -94,7 +94,7 @@ impl IngestService for IngestApi {
         request: Request<Streaming<IngestOrderbookRequest>>,
     ) -> Result<Response<IngestOrderbookResponse>, Status> {
         let mut stream = request.into_inner();
-        let mut write = Write::begin(&self.pool).await?;
+        let mut write = Write::new(&self.pool);
         let (mut snapshots, mut deltas) = (Batch::default(), Batch::default());
         let (mut s, mut d) = (0, 0);
         while let Some(message) = stream.message().await? {

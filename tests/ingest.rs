@@ -211,7 +211,6 @@ async fn a_bad_item_or_a_broken_stream_writes_nothing() {
             IngestServiceClient::new(channel).ingest_trades(requests).await
         }
     });
-    tx.send(IngestTradesRequest { trades: many }).await.expect("send");
     let admin = app.db.admin().await;
     let open_writes = async || -> i64 {
         admin
@@ -230,6 +229,11 @@ async fn a_bad_item_or_a_broken_stream_writes_nothing() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
+    // a few trades are held in the server: no transaction is open for them yet
+    tx.send(IngestTradesRequest { trades: batch() }).await.expect("send");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(open_writes().await, 0, "a stream holds no transaction before it stages rows");
+    tx.send(IngestTradesRequest { trades: many }).await.expect("send");
     wait_for(true, "the write is open, its first trades staged").await;
     call.abort();
     drop(tx);
