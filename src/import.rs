@@ -249,22 +249,16 @@ impl Batches {
         Ok(None)
     }
 
-    /// Stores every table's rows in the write, and adds the counts to `report`.
-    async fn store(self, write: &mut Write, report: &mut BTreeMap<&'static str, Stored>) -> Result<(), Error> {
-        let mut add = |table: &'static str, stored: Stored| {
-            if stored != Stored::default() {
-                *report.entry(table).or_default() += stored;
-            }
-        };
-        add("trades", self.trades.store(write).await?);
-        add("orderbook_snapshots", self.snapshots.store(write).await?);
-        add("orderbook_deltas", self.deltas.store(write).await?);
-        add("market_lifecycle", self.lifecycle.store(write).await?);
-        add("series", self.series.store(write).await?);
-        add("events", self.events.store(write).await?);
-        add("markets", self.markets.store(write).await?);
-        add("settlements", self.settlements.store(write).await?);
-        Ok(())
+    /// Stages what every table holds still, for the write's commit.
+    async fn finish(self, write: &mut Write) -> Result<(), Error> {
+        self.trades.finish(write).await?;
+        self.snapshots.finish(write).await?;
+        self.deltas.finish(write).await?;
+        self.lifecycle.finish(write).await?;
+        self.series.finish(write).await?;
+        self.events.finish(write).await?;
+        self.markets.finish(write).await?;
+        self.settlements.finish(write).await
     }
 }
 
@@ -342,8 +336,10 @@ async fn import_file(
         progress.update(read.load(Ordering::Relaxed), report.rows() + records as i64);
     }
     report.lines += reader.await.map_err(|e| Error::Import { at: name.clone(), reason: e.to_string() })??;
-    batches.store(&mut write, &mut report.stored).await?;
-    write.commit().await?;
+    batches.finish(&mut write).await?;
+    for (table, stored) in write.commit().await?.stored {
+        *report.stored.entry(table).or_default() += stored;
+    }
     tracing::debug!("imported {name}");
     Ok(())
 }

@@ -49,8 +49,9 @@ impl IngestApi {
                 index += 1;
             }
         }
-        let stored = batch.store(&mut write).await?;
-        Ok((stored, write.commit().await?))
+        batch.finish(&mut write).await?;
+        let committed = write.commit().await?;
+        Ok((committed.of::<R>(), committed.watermark))
     }
 
     /// Validates every item of a batch, then upserts them in one transaction.
@@ -68,9 +69,8 @@ impl IngestApi {
         for row in rows {
             batch.push(&mut write, row).await?;
         }
-        let stored = batch.store(&mut write).await?;
-        write.commit().await?;
-        Ok(Some(stored.upsert_counts()))
+        batch.finish(&mut write).await?;
+        Ok(Some(write.commit().await?.of::<R>().upsert_counts()))
     }
 }
 
@@ -107,13 +107,13 @@ impl IngestService for IngestApi {
                 d += 1;
             }
         }
-        let snapshots = snapshots.store(&mut write).await?;
-        let deltas = deltas.store(&mut write).await?;
-        let watermark = write.commit().await?;
+        snapshots.finish(&mut write).await?;
+        deltas.finish(&mut write).await?;
+        let committed = write.commit().await?;
         Ok(Response::new(IngestOrderbookResponse {
-            snapshots: Some(snapshots.write_counts()),
-            deltas: Some(deltas.write_counts()),
-            watermark,
+            snapshots: Some(committed.of::<ingest::SnapshotRow>().write_counts()),
+            deltas: Some(committed.of::<ingest::DeltaRow>().write_counts()),
+            watermark: committed.watermark,
         }))
     }
 

@@ -215,7 +215,7 @@ async fn a_bad_item_or_a_broken_stream_writes_nothing() {
     let open_writes = async || -> i64 {
         admin
             .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND state LIKE 'idle in transaction%'",
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND query LIKE 'COPY ingest_trades %'",
                 &[&app.db.name],
             )
             .await
@@ -232,12 +232,12 @@ async fn a_bad_item_or_a_broken_stream_writes_nothing() {
     // a few trades are held in the server: no transaction is open for them yet
     tx.send(IngestTradesRequest { trades: batch() }).await.expect("send");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(open_writes().await, 0, "a stream holds no transaction before it stages rows");
+    assert_eq!(open_writes().await, 0, "a stream holds no connection before it stages rows");
     tx.send(IngestTradesRequest { trades: many }).await.expect("send");
     wait_for(true, "the write is open, its first trades staged").await;
     call.abort();
     drop(tx);
-    wait_for(false, "the cancelled write's transaction is still open").await;
+    wait_for(false, "the cancelled write's connection is still open").await;
     assert_eq!(state(&db).await, before, "the cancelled stream wrote nothing");
 }
 
@@ -618,4 +618,61 @@ async fn a_new_day_is_written_while_a_replay_holds_the_table() {
     let answer = tokio::time::timeout(Duration::from_secs(10), write).await.expect("not blocked by the reader");
     assert_eq!(answer.expect("ingest").0, 1);
     reader.batch_execute("COMMIT").await.expect("reader");
+}
+
+#[tokio::test]
+async fn concurrent_writers_of_overlapping_trades_store_each_once_and_keep_the_counts_exact() {
+    let app = TestApp::start().await;
+    let db = app.db.client().await;
+    let channel = app.channel().await;
+    // 2,000 trades over 4 markets and 2 days; each of 4 writers sends an overlapping half of them, some at
+    // millisecond precision (as the WebSocket gives them), in its own order and messages
+    let all: Vec<Trade> = (0..2000i64)
+        .map(|i| {
+            let seconds = DAY + (i * 7919) % (2 * 86_400);
+            let micros = (i * 104_729) % 1_000_000;
+            Trade {
+                time: Some(Timestamp { seconds, nanos: (micros * 1000) as i32 }),
+                ..trade(&format!("id-{i}"), &format!("KX-{}", i % 4), 0, 1 + (i * 31) % 999_998, 1 + i % 500)
+            }
+        })
+        .collect();
+    let writers: Vec<_> = (0..4usize)
+        .map(|w| {
+            let mut mine: Vec<Trade> =
+                all.iter().enumerate().filter(|(i, _)| (i + w) % 4 < 2).map(|(_, t)| t.clone()).collect();
+            if w % 2 == 1 {
+                mine.reverse();
+                for t in mine.iter_mut().step_by(3) {
+                    let time = t.time.as_mut().expect("time");
+                    time.nanos -= time.nanos % 1_000_000;
+                }
+            }
+            let messages: Vec<Vec<Trade>> = mine.chunks(97 + w * 50).map(<[Trade]>::to_vec).collect();
+            let channel = channel.clone();
+            tokio::spawn(async move { ingest(&channel, messages).await.expect("ingest") })
+        })
+        .collect();
+    let mut inserted = 0;
+    for writer in writers {
+        let (i, d, _) = writer.await.expect("writer");
+        assert_eq!(i + d, 1000, "each writer's trades are counted once");
+        inserted += i;
+    }
+    let row = db
+        .query_one(
+            "SELECT (SELECT count(*) FROM trades), (SELECT count(DISTINCT (ticker, trade_id)) FROM trades),
+                    (SELECT sum(trade_count)::bigint FROM coverage_daily),
+                    (SELECT sum(trade_count)::bigint FROM trade_minutes), (SELECT sum(trade_count)::bigint FROM trade_days),
+                    (SELECT max(ingest_seq) FROM trades) = (SELECT watermark FROM data_version)",
+            &[],
+        )
+        .await
+        .expect("counts");
+    let (stored, distinct, coverage, minutes, days): (i64, i64, i64, i64, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+    assert_eq!((stored, distinct), (2000, 2000), "every trade once, whatever its precision or writer");
+    assert_eq!(inserted, stored, "the answers' counts add up to what is stored");
+    assert_eq!((coverage, minutes, days), (stored, stored, stored), "coverage and aggregates count each trade once");
+    assert!(row.get::<_, bool>(5), "the watermark is the highest ingest_seq");
 }
