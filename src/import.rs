@@ -304,10 +304,11 @@ async fn import_file(
     let mut records = 0u64;
     while let Some(chunk) = rx.recv().await {
         for (line, parsed) in chunk {
-            let place = if line == 0 { name.clone() } else { format!("{name}:{line}") };
+            // the file and line, made only for a bad one
             let bad = |reason: String, report: &mut Report| -> Result<(), Error> {
+                let place = if line == 0 { name.clone() } else { format!("{name}:{line}") };
                 if !skip_bad {
-                    return Err(Error::Import { at: place.clone(), reason });
+                    return Err(Error::Import { at: place, reason });
                 }
                 report.bad += 1;
                 if report.bad <= BAD_LOGGED {
