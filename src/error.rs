@@ -103,6 +103,15 @@ impl Error {
         Self::InvalidArgument { field: field.into(), reason: reason.into() }
     }
 
+    /// The same error naming `field` instead, if it is an INVALID_ARGUMENT (for a caller that knows the full path
+    /// of a field only it checked); any other error as it is.
+    pub fn with_field(self, field: String) -> Self {
+        match self {
+            Self::InvalidArgument { reason, .. } => Self::InvalidArgument { field, reason },
+            other => other,
+        }
+    }
+
     /// An I/O error with what was being done.
     pub fn io(action: impl Into<String>, source: std::io::Error) -> Self {
         Self::Io { action: action.into(), source }

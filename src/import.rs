@@ -227,7 +227,7 @@ fn at(kind: &'static str) -> At {
 }
 
 impl Batches {
-    /// Validates `record` and adds it; Ok(false) for a kind the service does not store.
+    /// Validates `record` and adds it; for a kind the service does not store, its name.
     async fn push(&mut self, write: &mut Write, record: Record, now: DateTime<Utc>) -> Result<Option<String>, Error> {
         match record {
             Record::Trade(t) => self.trades.push(write, ingest::validate_trade(at("trade"), &t)?).await?,

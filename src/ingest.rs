@@ -95,13 +95,13 @@ fn free_text(at: At, name: &str, value: &str) -> Result<String, Error> {
 
 fn required_time(at: At, name: &str, value: Option<&Timestamp>) -> Result<DateTime<Utc>, Error> {
     match value {
-        Some(t) => time::from_proto(t, &at.field(name)),
+        Some(t) => time::from_proto(t, name).map_err(|e| e.with_field(at.field(name))),
         None => Err(at.invalid(name, "is required")),
     }
 }
 
 fn optional_time(at: At, name: &str, value: Option<&Timestamp>) -> Result<Option<DateTime<Utc>>, Error> {
-    value.map(|t| time::from_proto(t, &at.field(name))).transpose()
+    value.map(|t| time::from_proto(t, name).map_err(|e| e.with_field(at.field(name)))).transpose()
 }
 
 /// A price strictly inside (0, 1 USD).
@@ -212,12 +212,14 @@ pub fn validate_snapshot(at: At, snapshot: &proto::OrderbookSnapshot) -> Result<
         let mut prices = Vec::with_capacity(levels.len());
         let mut sizes = Vec::with_capacity(levels.len());
         for (i, level) in levels.iter().enumerate() {
-            let p = price(at, &format!("{name}[{i}].price_micros"), level.price_micros)?;
+            // the level's field path is spelled out only for an error
+            let path = |field: &str| at.field(&format!("{name}[{i}].{field}"));
+            let p = price(at, "", level.price_micros).map_err(|e| e.with_field(path("price_micros")))?;
             if prices.last().is_some_and(|&last| last >= p) {
-                return Err(at.invalid(&format!("{name}[{i}].price_micros"), "must be above the previous level's"));
+                return Err(Error::invalid(path("price_micros"), "must be above the previous level's"));
             }
             prices.push(p);
-            sizes.push(positive(at, &format!("{name}[{i}].size_centi"), level.size_centi)?);
+            sizes.push(positive(at, "", level.size_centi).map_err(|e| e.with_field(path("size_centi")))?);
         }
         Ok((prices, sizes))
     };
