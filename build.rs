@@ -25,8 +25,8 @@ fn main() -> Result<(), Box<dyn Error>> {
         // RPCs whose issue has not landed answer UNIMPLEMENTED without a hand-written stub
         .generate_default_stubs(true)
         // batches of trades the server encodes by hand, from what it read (src/trades.rs)
-        .extern_path(".kalshi.replay.v1.TradeBatch", "crate::trades::TradeBatch")
-        .extern_path(".kalshi.replay.v1.TradeColumns", "crate::trades::TradeColumns")
+        .extern_path(".kalshi.replay.v1.TradeBatch", "crate::proto::batch::TradeBatch")
+        .extern_path(".kalshi.replay.v1.TradeColumns", "crate::proto::batch::TradeColumns")
         .file_descriptor_set_path(out_dir.join("kalshi_replay_descriptor.bin"))
         .compile_with_config(
             config,
@@ -60,7 +60,7 @@ fn embed_migrations(out_dir: &std::path::Path) -> Result<(), Box<dyn Error>> {
     let mut code = String::from("&[\n");
     for (version, name, path) in entries {
         code.push_str(&format!(
-            "    crate::migrate::Migration {{ version: {version}, name: {name:?}, sql: include_str!({:?}) }},\n",
+            "    crate::store::migrate::Migration {{ version: {version}, name: {name:?}, sql: include_str!({:?}) }},\n",
             path.display().to_string()
         ));
     }

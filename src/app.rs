@@ -10,10 +10,12 @@ use tokio_postgres::Client;
 
 use crate::{
     config::{DatasetArgs, DbArgs, DemoArgs, GenerateArgs, ImportArgs, ServeArgs},
-    db::Database,
     error::Error,
-    generate, import, migrate, partitions,
+    generate, import,
     server::{self, ServerOptions},
+    store::db::Database,
+    store::migrate,
+    store::partitions,
 };
 
 /// `serve`: migrate, then serve until SIGINT or SIGTERM.

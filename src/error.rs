@@ -7,7 +7,7 @@
 use tokio_postgres::error::SqlState;
 use tonic::{Code, Status};
 
-use crate::pg::PgError;
+use crate::store::pg::PgError;
 
 /// Everything that can go wrong while serving or maintaining the service.
 #[derive(Debug, thiserror::Error)]
@@ -93,7 +93,7 @@ pub enum Error {
 fn database_detail(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => crate::db::error_chain(e),
+        None => crate::store::db::error_chain(e),
     }
 }
 

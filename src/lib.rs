@@ -39,34 +39,19 @@
 //! - [`bench_replay`] — `bench replay`: StreamTrades against psql's COPY of the same rows, and the server's RSS.
 //! - [`telemetry`] — logging.
 
-pub mod aggregates;
 pub mod app;
 pub mod bench;
-pub mod bench_candles;
-pub mod bench_ingest;
-pub mod bench_replay;
-pub mod cache;
-pub mod candles;
 pub mod config;
-pub mod copy;
-pub mod coverage;
-pub mod db;
 pub mod decimal;
 pub mod error;
 pub mod generate;
-pub mod hash;
 pub mod import;
 pub mod ingest;
-pub mod kalshi;
-pub mod migrate;
-pub mod partitions;
-pub mod pg;
 pub mod proto;
 pub mod reference;
 pub mod replay;
 pub mod server;
-pub mod service;
+pub mod store;
 pub mod telemetry;
 pub mod time;
 pub mod token;
-pub mod trades;

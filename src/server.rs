@@ -9,17 +9,17 @@ use tonic::{server::NamedService, transport::Server, transport::server::TcpIncom
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
-    cache::ReferenceCache,
-    db::Pool,
     error::Error,
-    partitions,
+    ingest::IngestApi,
     proto::{
         FILE_DESCRIPTOR_SET, ingest_service_server::IngestServiceServer,
         reference_service_server::ReferenceServiceServer, replay_service_server::ReplayServiceServer,
     },
     reference::ReferenceApi,
+    reference::cache::ReferenceCache,
     replay::ReplayApi,
-    service::IngestApi,
+    store::db::Pool,
+    store::partitions,
 };
 
 /// Server settings that are not the listener or the pool.

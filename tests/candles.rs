@@ -318,7 +318,7 @@ async fn fixture() -> (TestApp, Client) {
     let db = app.db.client().await;
     let from = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").expect("t").to_utc();
     let to = DateTime::parse_from_rfc3339("2026-01-12T00:00:00Z").expect("t").to_utc();
-    kalshi_replay::partitions::ensure_range(&db, from, to).await.expect("partitions");
+    kalshi_replay::store::partitions::ensure_range(&db, from, to).await.expect("partitions");
     db.batch_execute(FIXTURE).await.expect("fixture");
     let client = ReplayServiceClient::new(app.channel().await);
     (app, client)
@@ -499,7 +499,9 @@ async fn aggregates_merge_late_and_out_of_order_trades_and_pinned_streams_stay_e
     let db = app.db.client().await;
     let (start, end) = (micros("2026-01-05T00:00:00Z"), micros("2026-01-08T00:00:00Z"));
     let days = |m: i64| DateTime::from_timestamp_micros(m).expect("time");
-    kalshi_replay::partitions::ensure_range(&db, days(start - 86_400 * MICROS), days(end)).await.expect("partitions");
+    kalshi_replay::store::partitions::ensure_range(&db, days(start - 86_400 * MICROS), days(end))
+        .await
+        .expect("partitions");
     db.batch_execute(
         "INSERT INTO markets (ticker, event_ticker, series_ticker, status, updated_at) VALUES
            ('A', 'E', 'S', 3, now()), ('B', 'E', 'S', 3, now()), ('C', 'E', 'S', 3, now())",

@@ -9,12 +9,12 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveDate, Utc};
 use common::TestDb;
 use kalshi_replay::{
-    coverage::{self, MAX_TICKERS},
     error::Error,
     generate::{DatasetSpec, generate},
-    migrate::MIGRATIONS,
-    partitions,
     proto::{CoverageGap, GetCoverageRequest, MarketCoverage},
+    reference::coverage::{self, MAX_TICKERS},
+    store::migrate::MIGRATIONS,
+    store::partitions,
     time,
 };
 use prost_types::Timestamp;
@@ -319,7 +319,7 @@ async fn concurrent_writers_of_the_same_market_day_are_both_counted() {
     let writers = (0..6).map(|writer| {
         let config = db.config.clone();
         tokio::spawn(async move {
-            let mut client = kalshi_replay::db::connect(&config, common::TIMEOUT).await.expect("connect");
+            let mut client = kalshi_replay::store::db::connect(&config, common::TIMEOUT).await.expect("connect");
             for round in 0..20 {
                 let mut rows = Vec::new();
                 for (k, market) in ["A", "B", "C"].iter().enumerate() {

@@ -482,7 +482,7 @@ async fn get_coverage_over_grpc_reports_days_counts_and_gaps() {
     use kalshi_replay::proto::GetCoverageRequest;
     let (app, mut c) = fixture().await;
     let db = app.db.client().await;
-    kalshi_replay::partitions::ensure_range(
+    kalshi_replay::store::partitions::ensure_range(
         &db,
         chrono::DateTime::parse_from_rfc3339("2026-01-04T00:00:00Z").expect("t").to_utc(),
         chrono::DateTime::parse_from_rfc3339("2026-01-08T00:00:00Z").expect("t").to_utc(),
@@ -547,7 +547,7 @@ async fn listener_pid(admin: &tokio_postgres::Client, database: &str) -> i32 {
             .query_opt(
                 "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND application_name = $2
                     AND query LIKE '%LISTEN%' AND state = 'idle'",
-                &[&database, &kalshi_replay::cache::LISTENER_NAME],
+                &[&database, &kalshi_replay::reference::cache::LISTENER_NAME],
             )
             .await
             .expect("pg_stat_activity");
@@ -709,7 +709,7 @@ async fn coverage_is_cached_cut_to_any_range_and_follows_every_committed_write()
     let db = app.db.client().await;
     listener_pid(&app.db.admin().await, &app.db.name).await;
     let parse = |s: &str| chrono::DateTime::parse_from_rfc3339(s).expect("time").to_utc();
-    kalshi_replay::partitions::ensure_range(&db, parse("2026-01-01T00:00:00Z"), parse("2026-01-10T00:00:00Z"))
+    kalshi_replay::store::partitions::ensure_range(&db, parse("2026-01-01T00:00:00Z"), parse("2026-01-10T00:00:00Z"))
         .await
         .expect("partitions");
     db.batch_execute(
@@ -736,7 +736,7 @@ async fn coverage_is_cached_cut_to_any_range_and_follows_every_committed_write()
         let tickers: Vec<String> = tickers.iter().map(|t| (*t).to_owned()).collect();
         let (start, end) = (start.map(parse), end.map(parse));
         let db = &db;
-        async move { kalshi_replay::coverage::coverage(db, &tickers, start, end).await.expect("coverage") }
+        async move { kalshi_replay::reference::coverage::coverage(db, &tickers, start, end).await.expect("coverage") }
     };
     // the first call fills the cache with all the markets' days; every range is then cut from it exactly
     assert_eq!(coverage_over_grpc(&client, &cached, None, None).await, Ok(expected(&cached, None, None).await));

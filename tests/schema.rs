@@ -6,8 +6,8 @@ mod common;
 use chrono::{DateTime, Utc};
 use common::TestDb;
 use kalshi_replay::{
-    migrate::{self, MIGRATIONS},
-    partitions,
+    store::migrate::{self, MIGRATIONS},
+    store::partitions,
 };
 use tokio_postgres::Client;
 

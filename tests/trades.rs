@@ -390,7 +390,7 @@ async fn the_plan_reads_only_the_range_partitions_in_order_without_sorting() {
     let cases: [(Option<Vec<String>>, &str); 3] =
         [(None, "all markets"), (Some(markets[..3].to_vec()), "some markets"), (Some(vec![markets[0].clone()]), "one")];
     for (selection, what) in cases {
-        let sql = kalshi_replay::trades::select_sql(start, end, selection.as_deref(), None, None);
+        let sql = kalshi_replay::replay::trades::select_sql(start, end, selection.as_deref(), None, None);
         db.batch_execute(&format!("BEGIN; {}", kalshi_replay::replay::PLAN_SETTINGS)).await.expect("settings");
         let plan = db.query(&format!("EXPLAIN {sql}"), &[]).await.expect("explain");
         db.batch_execute("ROLLBACK").await.expect("rollback");

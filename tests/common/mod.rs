@@ -12,11 +12,11 @@ use std::{
 };
 
 use kalshi_replay::{
-    db::{self, Database},
     error::Error,
-    migrate::{self, MIGRATIONS},
-    pg::PrivatePostgres,
     server::{self, ServerOptions},
+    store::db::{self, Database},
+    store::migrate::{self, MIGRATIONS},
+    store::pg::PrivatePostgres,
 };
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tokio_postgres::{Client, Config};

@@ -807,15 +807,15 @@ fn lifecycle(msg: &Obj<'_>, time: Timestamp) -> Result<proto::LifecycleEvent> {
 mod tests {
     use super::*;
 
-    const TRADES_CURRENT: &str = include_str!("../tests/fixtures/kalshi/trades_current.json");
-    const TRADES_LEGACY: &str = include_str!("../tests/fixtures/kalshi/trades_legacy.json");
-    const HISTORICAL_TRADES: &str = include_str!("../tests/fixtures/kalshi/historical_trades.json");
-    const MARKETS_CURRENT: &str = include_str!("../tests/fixtures/kalshi/markets_current.json");
-    const MARKETS_LEGACY: &str = include_str!("../tests/fixtures/kalshi/markets_legacy.json");
-    const EVENTS: &str = include_str!("../tests/fixtures/kalshi/events.json");
-    const SERIES: &str = include_str!("../tests/fixtures/kalshi/series.json");
-    const WS_CURRENT: &str = include_str!("../tests/fixtures/kalshi/ws_current.jsonl");
-    const WS_LEGACY: &str = include_str!("../tests/fixtures/kalshi/ws_legacy.jsonl");
+    const TRADES_CURRENT: &str = include_str!("../../tests/fixtures/kalshi/trades_current.json");
+    const TRADES_LEGACY: &str = include_str!("../../tests/fixtures/kalshi/trades_legacy.json");
+    const HISTORICAL_TRADES: &str = include_str!("../../tests/fixtures/kalshi/historical_trades.json");
+    const MARKETS_CURRENT: &str = include_str!("../../tests/fixtures/kalshi/markets_current.json");
+    const MARKETS_LEGACY: &str = include_str!("../../tests/fixtures/kalshi/markets_legacy.json");
+    const EVENTS: &str = include_str!("../../tests/fixtures/kalshi/events.json");
+    const SERIES: &str = include_str!("../../tests/fixtures/kalshi/series.json");
+    const WS_CURRENT: &str = include_str!("../../tests/fixtures/kalshi/ws_current.jsonl");
+    const WS_LEGACY: &str = include_str!("../../tests/fixtures/kalshi/ws_legacy.jsonl");
 
     const BTC: &str = "KXBTCD-25NOV2517-T99999.99";
     const NYC: &str = "KXHIGHNY-25NOV25-B53.5";

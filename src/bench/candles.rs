@@ -10,13 +10,13 @@ use std::time::Instant;
 use tonic::transport::Channel;
 
 use crate::{
-    bench_replay::{self, Dataset},
+    bench::replay::{self as bench_replay, Dataset},
     config::BenchReplayArgs,
-    db::Database,
     error::Error,
-    pg,
     proto::{StreamCandlesRequest, replay_service_client::ReplayServiceClient, stream_candles_response::Payload},
     replay,
+    store::db::Database,
+    store::pg,
 };
 
 /// The intervals measured, in seconds, with their names.

@@ -1,22 +1,30 @@
-//! IngestService: the writes, over the write core of [`crate::ingest`].
+//! IngestService: the writes, over the write core: [`validate`] each item, [`write`] the rows into the [`tables`].
 //!
 //! A client-streaming RPC is one write: each item is validated as it arrives (INVALID_ARGUMENT names its index
 //! in the whole stream and the field), the write commits when the client closes its side, and a stream that
 //! fails or is cancelled writes nothing. A batch upsert is validated whole before its transaction opens.
 
+pub mod tables;
+pub mod validate;
+pub mod write;
+
 use chrono::{DateTime, Utc};
 use tonic::{Request, Response, Status, Streaming};
 
+use self::{
+    tables::Row,
+    validate::At,
+    write::{Batch, Stored, Write},
+};
 use crate::{
-    db::Pool,
     error::Error,
-    ingest::{self, At, Batch, Row, Write},
     proto::{
         IngestLifecycleRequest, IngestLifecycleResponse, IngestOrderbookRequest, IngestOrderbookResponse,
         IngestTradesRequest, IngestTradesResponse, UpsertCounts, UpsertEventsRequest, UpsertEventsResponse,
         UpsertMarketsRequest, UpsertMarketsResponse, UpsertSeriesRequest, UpsertSeriesResponse,
         UpsertSettlementsRequest, UpsertSettlementsResponse, ingest_service_server::IngestService,
     },
+    store::db::Pool,
 };
 
 /// IngestService: the writes.
@@ -39,7 +47,7 @@ impl IngestApi {
         kind: &'static str,
         items: fn(&M) -> &[P],
         validate: fn(At, &P) -> Result<R, Error>,
-    ) -> Result<(ingest::Stored, i64), Status> {
+    ) -> Result<(Stored, i64), Status> {
         let mut write = Write::new(&self.pool);
         let mut batch = Batch::default();
         let mut index = 0;
@@ -83,8 +91,7 @@ impl IngestService for IngestApi {
         fn items(m: &IngestTradesRequest) -> &[crate::proto::Trade] {
             &m.trades
         }
-        let (stored, watermark) =
-            self.ingest_stream(request.into_inner(), "trades", items, ingest::validate_trade).await?;
+        let (stored, watermark) = self.ingest_stream(request.into_inner(), "trades", items, validate::trade).await?;
         Ok(Response::new(IngestTradesResponse { counts: Some(stored.write_counts()), watermark }))
     }
 
@@ -99,11 +106,11 @@ impl IngestService for IngestApi {
         let (mut s, mut d) = (0, 0);
         while let Some(message) = stream.message().await? {
             for snapshot in &message.snapshots {
-                snapshots.push(&mut write, ingest::validate_snapshot(At::item("snapshots", s), snapshot)?).await?;
+                snapshots.push(&mut write, validate::snapshot(At::item("snapshots", s), snapshot)?).await?;
                 s += 1;
             }
             for delta in &message.deltas {
-                deltas.push(&mut write, ingest::validate_delta(At::item("deltas", d), delta)?).await?;
+                deltas.push(&mut write, validate::delta(At::item("deltas", d), delta)?).await?;
                 d += 1;
             }
         }
@@ -111,8 +118,8 @@ impl IngestService for IngestApi {
         deltas.finish(&mut write).await?;
         let committed = write.commit().await?;
         Ok(Response::new(IngestOrderbookResponse {
-            snapshots: Some(committed.of::<ingest::SnapshotRow>().write_counts()),
-            deltas: Some(committed.of::<ingest::DeltaRow>().write_counts()),
+            snapshots: Some(committed.of::<validate::SnapshotRow>().write_counts()),
+            deltas: Some(committed.of::<validate::DeltaRow>().write_counts()),
             watermark: committed.watermark,
         }))
     }
@@ -125,7 +132,7 @@ impl IngestService for IngestApi {
             &m.events
         }
         let (stored, watermark) =
-            self.ingest_stream(request.into_inner(), "events", items, ingest::validate_lifecycle).await?;
+            self.ingest_stream(request.into_inner(), "events", items, validate::lifecycle).await?;
         Ok(Response::new(IngestLifecycleResponse { counts: Some(stored.write_counts()), watermark }))
     }
 
@@ -133,7 +140,7 @@ impl IngestService for IngestApi {
         &self,
         request: Request<UpsertSeriesRequest>,
     ) -> Result<Response<UpsertSeriesResponse>, Status> {
-        let counts = self.upsert(&request.get_ref().series, "series", ingest::validate_series).await?;
+        let counts = self.upsert(&request.get_ref().series, "series", validate::series).await?;
         Ok(Response::new(UpsertSeriesResponse { counts }))
     }
 
@@ -141,7 +148,7 @@ impl IngestService for IngestApi {
         &self,
         request: Request<UpsertEventsRequest>,
     ) -> Result<Response<UpsertEventsResponse>, Status> {
-        let counts = self.upsert(&request.get_ref().events, "events", ingest::validate_event).await?;
+        let counts = self.upsert(&request.get_ref().events, "events", validate::event).await?;
         Ok(Response::new(UpsertEventsResponse { counts }))
     }
 
@@ -149,7 +156,7 @@ impl IngestService for IngestApi {
         &self,
         request: Request<UpsertMarketsRequest>,
     ) -> Result<Response<UpsertMarketsResponse>, Status> {
-        let counts = self.upsert(&request.get_ref().markets, "markets", ingest::validate_market).await?;
+        let counts = self.upsert(&request.get_ref().markets, "markets", validate::market).await?;
         Ok(Response::new(UpsertMarketsResponse { counts }))
     }
 
@@ -157,7 +164,7 @@ impl IngestService for IngestApi {
         &self,
         request: Request<UpsertSettlementsRequest>,
     ) -> Result<Response<UpsertSettlementsResponse>, Status> {
-        let counts = self.upsert(&request.get_ref().settlements, "settlements", ingest::validate_settlement).await?;
+        let counts = self.upsert(&request.get_ref().settlements, "settlements", validate::settlement).await?;
         Ok(Response::new(UpsertSettlementsResponse { counts }))
     }
 }

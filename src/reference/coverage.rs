@@ -17,10 +17,10 @@ use tokio_postgres::{
 };
 
 use crate::{
-    cache::ReferenceCache,
-    db::{Pool, Prepare},
     error::Error,
     proto::{CoverageGap, DayCoverage, GetCoverageRequest, MarketCoverage},
+    reference::cache::ReferenceCache,
+    store::db::{Pool, Prepare},
     time,
 };
 

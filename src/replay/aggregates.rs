@@ -16,10 +16,10 @@
 use chrono::{DateTime, Utc};
 
 use crate::{
-    candles::{Part, Totals},
-    copy,
     error::Error,
     replay,
+    replay::candles::{Part, Totals},
+    store::copy,
 };
 
 /// A bucket width that aggregates are kept at.

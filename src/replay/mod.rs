@@ -7,6 +7,11 @@
 //! fills the channel, the task stops reading, TCP backpressure stops PostgreSQL. When the client goes away or its
 //! deadline passes, the task cancels the query, rolls back and returns the connection within milliseconds.
 
+pub mod aggregates;
+pub mod candles;
+pub mod hash;
+pub mod trades;
+
 use std::{pin::pin, sync::Arc, time::Duration};
 
 use bb8::PooledConnection;
@@ -19,15 +24,14 @@ use tokio_stream::{StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, codegen::BoxStream, metadata::MetadataMap};
 
 use crate::{
-    candles,
-    db::{Conn, Manager, Pool, Prepare},
     error::Error,
-    hash::ContentHash,
     proto::{
         FillPolicy, Layout, StreamCandlesRequest, StreamCandlesResponse, StreamSummary, StreamTradesRequest,
         StreamTradesResponse, replay_service_server::ReplayService,
     },
-    time, token, trades,
+    replay::hash::ContentHash,
+    store::db::{Conn, Manager, Pool, Prepare},
+    time, token,
 };
 
 /// Items per data message when the request leaves batch_size at 0, and the most allowed.

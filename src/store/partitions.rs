@@ -7,8 +7,8 @@ use chrono::{DateTime, Days, Utc};
 use tokio_postgres::GenericClient;
 
 use crate::{
-    db::{Pool, Prepare},
     error::Error,
+    store::db::{Pool, Prepare},
     time,
 };
 

@@ -5,7 +5,7 @@
 //!   skipped). Each file is gzip, zstd or plain, told by its first bytes.
 //! - Formats, told by the name without its compression suffix: `*.json` is one JSON document (a REST page,
 //!   with or without its `cursor` envelope, read whole); anything else is JSON lines (WebSocket messages with a
-//!   receive time, or REST objects), read line by line. [`crate::kalshi`] converts the shapes and units.
+//!   receive time, or REST objects), read line by line. [`crate::import::kalshi`] converts the shapes and units.
 //! - One file is one write: validated like an RPC's items, committed whole, and skipped items are counted. A
 //!   malformed line or item stops the import with its file and line (files committed before it stay), or, with
 //!   `--skip-bad`, is counted and logged. Re-running an import stores nothing new: facts are keyed, reference rows
@@ -13,6 +13,8 @@
 //! - A reader thread per file parses while the database writes: a bounded channel of chunks of lines between
 //!   them keeps memory flat whatever the file's size (JSON documents excepted: read whole).
 //! - Progress: a bar with rows/s and ETA (by input bytes) on a terminal, a log line every few seconds otherwise.
+
+pub mod kalshi;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -25,11 +27,14 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 
+use self::kalshi::Record;
 use crate::{
-    db::Pool,
     error::Error,
-    ingest::{self, At, Batch, Stored, Write},
-    kalshi::{self, Record},
+    ingest::{
+        validate::{self, At},
+        write::{Batch, Stored, Write},
+    },
+    store::db::Pool,
 };
 
 /// How progress is shown.
@@ -211,14 +216,14 @@ fn read_file(path: &Path, read: Arc<AtomicU64>, tx: &mpsc::Sender<Vec<Parsed>>) 
 /// The batches of one file's write, one per table.
 #[derive(Debug, Default)]
 struct Batches {
-    trades: Batch<ingest::TradeRow>,
-    snapshots: Batch<ingest::SnapshotRow>,
-    deltas: Batch<ingest::DeltaRow>,
-    lifecycle: Batch<ingest::LifecycleRow>,
-    series: Batch<ingest::SeriesRow>,
-    events: Batch<ingest::EventRow>,
-    markets: Batch<ingest::MarketRow>,
-    settlements: Batch<ingest::SettlementRow>,
+    trades: Batch<validate::TradeRow>,
+    snapshots: Batch<validate::SnapshotRow>,
+    deltas: Batch<validate::DeltaRow>,
+    lifecycle: Batch<validate::LifecycleRow>,
+    series: Batch<validate::SeriesRow>,
+    events: Batch<validate::EventRow>,
+    markets: Batch<validate::MarketRow>,
+    settlements: Batch<validate::SettlementRow>,
 }
 
 /// Where a record's validation error points: the bare kind (the file and line come first).
@@ -230,19 +235,19 @@ impl Batches {
     /// Validates `record` and adds it; for a kind the service does not store, its name.
     async fn push(&mut self, write: &mut Write, record: Record, now: DateTime<Utc>) -> Result<Option<String>, Error> {
         match record {
-            Record::Trade(t) => self.trades.push(write, ingest::validate_trade(at("trade"), &t)?).await?,
+            Record::Trade(t) => self.trades.push(write, validate::trade(at("trade"), &t)?).await?,
             Record::Snapshot(s) => {
-                self.snapshots.push(write, ingest::validate_snapshot(at("orderbook_snapshot"), &s)?).await?
+                self.snapshots.push(write, validate::snapshot(at("orderbook_snapshot"), &s)?).await?
             }
-            Record::Delta(d) => self.deltas.push(write, ingest::validate_delta(at("orderbook_delta"), &d)?).await?,
+            Record::Delta(d) => self.deltas.push(write, validate::delta(at("orderbook_delta"), &d)?).await?,
             Record::Lifecycle(l) => {
-                self.lifecycle.push(write, ingest::validate_lifecycle(at("market_lifecycle"), &l)?).await?
+                self.lifecycle.push(write, validate::lifecycle(at("market_lifecycle"), &l)?).await?
             }
-            Record::Series(s) => self.series.push(write, ingest::validate_series(at("series"), &s, now)?).await?,
-            Record::Event(e) => self.events.push(write, ingest::validate_event(at("event"), &e, now)?).await?,
-            Record::Market(m) => self.markets.push(write, ingest::validate_market(at("market"), &m, now)?).await?,
+            Record::Series(s) => self.series.push(write, validate::series(at("series"), &s, now)?).await?,
+            Record::Event(e) => self.events.push(write, validate::event(at("event"), &e, now)?).await?,
+            Record::Market(m) => self.markets.push(write, validate::market(at("market"), &m, now)?).await?,
             Record::Settlement(s) => {
-                self.settlements.push(write, ingest::validate_settlement(at("settlement"), &s, now)?).await?
+                self.settlements.push(write, validate::settlement(at("settlement"), &s, now)?).await?
             }
             Record::Ignored(kind) => return Ok(Some(kind)),
         }

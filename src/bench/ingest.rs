@@ -24,12 +24,14 @@ use tokio_postgres::Client;
 use tonic::transport::Channel;
 
 use crate::{
-    bench_replay::{self, median, spawn_server},
+    bench::replay::{self as bench_replay, median, spawn_server},
     config::BenchIngestArgs,
-    db::Database,
     error::Error,
-    migrate, partitions, pg,
     proto::{IngestTradesRequest, Side, Trade, ingest_service_client::IngestServiceClient},
+    store::db::Database,
+    store::migrate,
+    store::partitions,
+    store::pg,
     time,
 };
 
@@ -235,7 +237,7 @@ async fn measure(db: &Database, args: &BenchIngestArgs) -> Result<Report, Error>
         }
         runs.push(measured);
     }
-    let peak_rss_kib = crate::bench_replay::peak_rss_kib(&server);
+    let peak_rss_kib = crate::bench::replay::peak_rss_kib(&server);
     let _ = server.kill().await;
     reset(&client).await?;
     Ok(Report { runs, trades: expected, batch_size: args.batch_size, peak_rss_kib })
@@ -349,7 +351,7 @@ mod tests {
         let rows = rows(50, 7, 2, start);
         assert!(rows.windows(2).all(|w| w[0].ts <= w[1].ts), "time order");
         for r in &rows {
-            let line = crate::kalshi::parse_line(&format!(
+            let line = crate::import::kalshi::parse_line(&format!(
                 r#"{{"trade_id":"{}","ticker":"{}","count_fp":"{}","yes_price_dollars":"{}","taker_side":"yes","created_time":"{}"}}"#,
                 r.trade_id,
                 r.ticker,
@@ -358,7 +360,7 @@ mod tests {
                 r.ts.format("%Y-%m-%dT%H:%M:%S%.6fZ"),
             ))
             .expect("parses");
-            let [crate::kalshi::Record::Trade(t)] = line.as_slice() else { panic!("{line:?}") };
+            let [crate::import::kalshi::Record::Trade(t)] = line.as_slice() else { panic!("{line:?}") };
             assert_eq!((t.yes_price_micros, t.count_centi), (r.yes_price_micros, r.count_centi));
             assert_eq!(t.time, Some(time::to_proto(r.ts)));
         }

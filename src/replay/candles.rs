@@ -10,7 +10,7 @@
 //! period lies inside one UTC day.
 //!
 //! [`Stream`] is StreamCandles: the request's range read over one snapshot and watermark, as pieces in time order
-//! (see [`crate::aggregates`]): whole days and minutes from the aggregates kept at write time where they tile the
+//! (see [`crate::replay::aggregates`]): whole days and minutes from the aggregates kept at write time where they tile the
 //! periods, the rest from the trades as StreamTrades reads them; all folded on the way. A resumed stream starts
 //! again at the period of its last candle and skips the candles up to it; what a market's fill and `previous`
 //! need from before that point is read first, in one statement over the same snapshot.
@@ -23,13 +23,13 @@ use tokio::sync::mpsc;
 use tonic::Status;
 
 use crate::{
-    aggregates::{self, Level, Piece},
-    copy,
     error::Error,
     proto::{self, CandleBatch, FillPolicy, StreamCandlesResponse, stream_candles_response::Payload},
+    replay::aggregates::{self, Level, Piece},
+    replay::trades,
     replay::{self, Common, Position, Resume, Snapshot, Stop},
+    store::copy,
     token::Kind,
-    trades,
 };
 
 /// A validated StreamCandles request.
@@ -260,7 +260,7 @@ impl Interval {
 }
 
 /// What the aggregator folds: one trade, or the totals of a market's trades in a bucket that lies inside one
-/// period (read from the write-time aggregates, see [`crate::aggregates`]).
+/// period (read from the write-time aggregates, see [`crate::replay::aggregates`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Part<'a> {
     /// The trade's time, or the bucket's start.

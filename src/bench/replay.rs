@@ -22,12 +22,14 @@ use tonic::transport::Channel;
 use crate::{
     app,
     config::{BenchReplayArgs, DbArgs},
-    db::Database,
     error::Error,
-    generate, migrate, pg,
+    generate,
     proto::{Layout, StreamTradesRequest, replay_service_client::ReplayServiceClient, stream_trades_response::Payload},
     replay::PLAN_SETTINGS,
-    trades,
+    replay::trades,
+    store::db::Database,
+    store::migrate,
+    store::pg,
 };
 
 /// `bench replay`.

@@ -27,16 +27,17 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::{
     app,
-    config::{BenchArgs, BenchReferenceArgs, BenchTarget},
-    db::{self, Database},
+    config::BenchReferenceArgs,
     error::Error,
-    generate, migrate,
+    generate,
     proto::{
         GetCoverageRequest, GetEventRequest, GetMarketRequest, GetSeriesRequest, GetSettlementRequest,
         ListEventsRequest, ListMarketsRequest, ListSeriesRequest, ListSettlementsRequest, ListSettlementsResponse,
         reference_service_client::ReferenceServiceClient,
     },
     server::{self, ServerOptions},
+    store::db::{self, Database},
+    store::migrate,
 };
 
 type Client = ReferenceServiceClient<Channel>;
@@ -73,18 +74,8 @@ const GET_GOAL: Duration = Duration::from_millis(5);
 const LIST_GOAL: Duration = Duration::from_millis(20);
 const COVERAGE_GOAL: Duration = Duration::from_millis(20);
 
-/// `bench`: runs the chosen target and prints its report.
-pub async fn run(args: BenchArgs) -> Result<(), Error> {
-    match args.target {
-        BenchTarget::Reference(args) => reference(args).await,
-        BenchTarget::Replay(args) => crate::bench_replay::run(args).await,
-        BenchTarget::Candles(args) => crate::bench_candles::run(args).await,
-        BenchTarget::Ingest(args) => crate::bench_ingest::run(args).await,
-    }
-}
-
 /// `bench reference`: against --addr, or against the demo dataset served in-process.
-async fn reference(args: BenchReferenceArgs) -> Result<(), Error> {
+pub(crate) async fn run(args: BenchReferenceArgs) -> Result<(), Error> {
     // installed first so that Ctrl-C stops the bench cleanly (and with it any private PostgreSQL)
     let interrupted = app::shutdown_signal()?;
     let report = match &args.addr {

@@ -14,7 +14,7 @@ use std::{
 use tokio::sync::Notify;
 use tokio_postgres::{AsyncMessage, Client, Config, NoTls, Statement, config::Host, types::Type};
 
-use crate::{config::DbArgs, error::Error, pg::PrivatePostgres};
+use crate::{config::DbArgs, error::Error, store::pg::PrivatePostgres};
 
 /// The pool every RPC borrows connections from.
 pub type Pool = bb8::Pool<Manager>;

@@ -4,6 +4,9 @@
 //! every row that existed throughout exactly once, whatever is inserted meanwhile, and no page costs more than
 //! the first. The SQL of a list is built from the filters that are set, so the planner sees plain predicates.
 
+pub mod cache;
+pub mod coverage;
+
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
@@ -16,9 +19,6 @@ use tokio_postgres::{
 use tonic::{Request, Response, Status};
 
 use crate::{
-    cache::ReferenceCache,
-    coverage,
-    db::{Conn, Pool, Prepare},
     error::Error,
     proto::{
         Event, GetCoverageRequest, GetCoverageResponse, GetEventRequest, GetEventResponse, GetMarketRequest,
@@ -27,6 +27,8 @@ use crate::{
         ListSeriesResponse, ListSettlementsRequest, ListSettlementsResponse, Market, MarketStatus, Series, Settlement,
         SettlementResult, reference_service_server::ReferenceService,
     },
+    reference::cache::ReferenceCache,
+    store::db::{Conn, Pool, Prepare},
     time,
     token::{self, Kind},
 };
@@ -52,7 +54,7 @@ type RowMap<T> = fn(&Row) -> Result<T, tokio_postgres::Error>;
 #[derive(Debug, Clone)]
 pub struct ReferenceApi {
     pool: Pool,
-    /// Lookups by key; served only while its listener listens (see [`crate::cache`]).
+    /// Lookups by key; served only while its listener listens (see [`crate::reference::cache`]).
     cache: ReferenceCache,
 }
 

@@ -28,9 +28,9 @@ use std::{
 };
 
 use crate::{
-    coverage::Day,
-    db::Pool,
     proto::{GetEventResponse, Market, Series, Settlement},
+    reference::coverage::Day,
+    store::db::Pool,
 };
 
 /// The notification channel of reference writes (migrations/0004_reference_notify.sql).

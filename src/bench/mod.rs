@@ -1,0 +1,26 @@
+//! `bench`: measurements of the running service against references run side by side, one module per target.
+//!
+//! - [`reference`]: ReferenceService under concurrent load, throughput and latency percentiles per RPC.
+//! - [`replay`]: StreamTrades against psql's COPY of the same rows, and the server's peak RSS.
+//! - [`candles`]: StreamCandles against psql running the same aggregation in SQL.
+//! - [`ingest`]: IngestTrades and `import` against psql's COPY FROM STDIN of the same rows.
+
+pub mod candles;
+pub mod ingest;
+pub mod reference;
+pub mod replay;
+
+use crate::{
+    config::{BenchArgs, BenchTarget},
+    error::Error,
+};
+
+/// `bench`: runs the chosen target and prints its report.
+pub async fn run(args: BenchArgs) -> Result<(), Error> {
+    match args.target {
+        BenchTarget::Reference(args) => reference::run(args).await,
+        BenchTarget::Replay(args) => replay::run(args).await,
+        BenchTarget::Candles(args) => candles::run(args).await,
+        BenchTarget::Ingest(args) => ingest::run(args).await,
+    }
+}

@@ -1,0 +1,423 @@
+//! The tables a write stores into, described once each (columns with their SQL and COPY types, key, fact or
+//! reference), and the SQL generated from a description: the staging table, its binary COPY, and the one
+//! statement that stores the staged rows.
+
+use chrono::NaiveDate;
+use tokio_postgres::types::{ToSql, Type};
+
+use super::validate::{DeltaRow, EventRow, LifecycleRow, MarketRow, SeriesRow, SettlementRow, SnapshotRow, TradeRow};
+
+/// How a table's staged rows are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    /// Keyed facts: insert, skip what is stored.
+    Fact,
+    /// Reference rows: upsert, last writer wins on updated_at.
+    Reference,
+}
+
+/// One staged column: its name, SQL type and binary COPY type.
+#[derive(Debug)]
+struct Column(&'static str, &'static str, Type);
+
+const TEXT_C: &str = "text COLLATE \"C\"";
+const TS: Type = Type::TIMESTAMPTZ;
+
+/// A table a write stores rows into.
+#[derive(Debug)]
+pub struct Table {
+    pub(super) name: &'static str,
+    pub(super) kind: Kind,
+    key: &'static str,
+    /// A join and condition on the staged rows `s` that skips more duplicates than the key (facts; empty for none).
+    unless: &'static str,
+    columns: &'static [Column],
+}
+
+macro_rules! columns {
+    ($(($name:literal, $sql:expr, $ty:expr)),* $(,)?) => { &[$(Column($name, $sql, $ty)),*] };
+}
+
+/// A trade whose id is stored for its market within the same UTC second, at another time, is the same trade
+/// recorded at another precision: Kalshi's REST API gives microseconds, its WebSocket milliseconds (`ts_ms`) or
+/// seconds (`ts`), and each is the other truncated. The first stored is kept. One index range of one market's
+/// second (trades_ticker_ts) per staged trade: the LATERAL ... LIMIT 1 keeps it a nested loop (an anti-join
+/// could hash the whole table), and its ts bounds prune the partitions at run time.
+const SAME_TRADE: &str = "LEFT JOIN LATERAL (SELECT true AS found FROM trades t \
+     WHERE t.ticker = s.ticker AND t.trade_id = s.trade_id AND t.ts >= date_trunc('second', s.ts, 'UTC') \
+     AND t.ts < date_trunc('second', s.ts, 'UTC') + interval '1 second' LIMIT 1) same ON true \
+     WHERE same.found IS NULL";
+
+const TRADES: Table = Table {
+    name: "trades",
+    kind: Kind::Fact,
+    key: "ts, ticker, trade_id",
+    unless: SAME_TRADE,
+    columns: columns![
+        ("ts", "timestamptz", TS),
+        ("ticker", TEXT_C, Type::TEXT),
+        ("trade_id", TEXT_C, Type::TEXT),
+        ("yes_price_micros", "bigint", Type::INT8),
+        ("count_centi", "bigint", Type::INT8),
+        ("taker_side", "smallint", Type::INT2),
+    ],
+};
+
+const SNAPSHOTS: Table = Table {
+    name: "orderbook_snapshots",
+    kind: Kind::Fact,
+    key: "ts, ticker, sid, seq",
+    unless: "",
+    columns: columns![
+        ("ts", "timestamptz", TS),
+        ("ticker", TEXT_C, Type::TEXT),
+        ("sid", "bigint", Type::INT8),
+        ("seq", "bigint", Type::INT8),
+        ("yes_price_micros", "bigint[]", Type::INT8_ARRAY),
+        ("yes_size_centi", "bigint[]", Type::INT8_ARRAY),
+        ("no_price_micros", "bigint[]", Type::INT8_ARRAY),
+        ("no_size_centi", "bigint[]", Type::INT8_ARRAY),
+    ],
+};
+
+const DELTAS: Table = Table {
+    name: "orderbook_deltas",
+    kind: Kind::Fact,
+    key: "ts, ticker, sid, seq",
+    unless: "",
+    columns: columns![
+        ("ts", "timestamptz", TS),
+        ("ticker", TEXT_C, Type::TEXT),
+        ("sid", "bigint", Type::INT8),
+        ("seq", "bigint", Type::INT8),
+        ("side", "smallint", Type::INT2),
+        ("price_micros", "bigint", Type::INT8),
+        ("delta_centi", "bigint", Type::INT8),
+    ],
+};
+
+const LIFECYCLE: Table = Table {
+    name: "market_lifecycle",
+    kind: Kind::Fact,
+    key: "ts, ticker, event_type",
+    unless: "",
+    columns: columns![
+        ("ts", "timestamptz", TS),
+        ("ticker", TEXT_C, Type::TEXT),
+        ("event_type", "smallint", Type::INT2),
+        ("open_time", "timestamptz", TS),
+        ("close_time", "timestamptz", TS),
+        ("result", "smallint", Type::INT2),
+        ("settlement_value_micros", "bigint", Type::INT8),
+        ("determined_time", "timestamptz", TS),
+        ("settled_time", "timestamptz", TS),
+    ],
+};
+
+const SERIES: Table = Table {
+    name: "series",
+    kind: Kind::Reference,
+    key: "ticker",
+    unless: "",
+    columns: columns![
+        ("ticker", TEXT_C, Type::TEXT),
+        ("title", "text", Type::TEXT),
+        ("category", "text", Type::TEXT),
+        ("tags", "text[]", Type::TEXT_ARRAY),
+        ("frequency", "text", Type::TEXT),
+        ("contract_url", "text", Type::TEXT),
+        ("fee_type", "text", Type::TEXT),
+        ("updated_at", "timestamptz", TS),
+    ],
+};
+
+const EVENTS: Table = Table {
+    name: "events",
+    kind: Kind::Reference,
+    key: "event_ticker",
+    unless: "",
+    columns: columns![
+        ("event_ticker", TEXT_C, Type::TEXT),
+        ("series_ticker", TEXT_C, Type::TEXT),
+        ("title", "text", Type::TEXT),
+        ("sub_title", "text", Type::TEXT),
+        ("category", "text", Type::TEXT),
+        ("mutually_exclusive", "boolean", Type::BOOL),
+        ("strike_date", "timestamptz", TS),
+        ("strike_period", "text", Type::TEXT),
+        ("updated_at", "timestamptz", TS),
+    ],
+};
+
+const MARKETS: Table = Table {
+    name: "markets",
+    kind: Kind::Reference,
+    key: "ticker",
+    unless: "",
+    columns: columns![
+        ("ticker", TEXT_C, Type::TEXT),
+        ("event_ticker", TEXT_C, Type::TEXT),
+        ("series_ticker", TEXT_C, Type::TEXT),
+        ("market_type", "smallint", Type::INT2),
+        ("title", "text", Type::TEXT),
+        ("yes_sub_title", "text", Type::TEXT),
+        ("no_sub_title", "text", Type::TEXT),
+        ("status", "smallint", Type::INT2),
+        ("open_time", "timestamptz", TS),
+        ("close_time", "timestamptz", TS),
+        ("expected_expiration_time", "timestamptz", TS),
+        ("latest_expiration_time", "timestamptz", TS),
+        ("settlement_timer_seconds", "integer", Type::INT4),
+        ("can_close_early", "boolean", Type::BOOL),
+        ("strike_type", "text", Type::TEXT),
+        ("floor_strike", "numeric", Type::NUMERIC),
+        ("cap_strike", "numeric", Type::NUMERIC),
+        ("rules_primary", "text", Type::TEXT),
+        ("rules_secondary", "text", Type::TEXT),
+        ("updated_at", "timestamptz", TS),
+    ],
+};
+
+const SETTLEMENTS: Table = Table {
+    name: "settlements",
+    kind: Kind::Reference,
+    key: "market_ticker",
+    unless: "",
+    columns: columns![
+        ("market_ticker", TEXT_C, Type::TEXT),
+        ("event_ticker", TEXT_C, Type::TEXT),
+        ("series_ticker", TEXT_C, Type::TEXT),
+        ("result", "smallint", Type::INT2),
+        ("settlement_value_micros", "bigint", Type::INT8),
+        ("determined_time", "timestamptz", TS),
+        ("settled_time", "timestamptz", TS),
+        ("updated_at", "timestamptz", TS),
+    ],
+};
+
+impl Table {
+    pub(super) fn staging(&self) -> String {
+        format!("ingest_{}", self.name)
+    }
+
+    fn names(&self, prefix: &str) -> String {
+        self.columns.iter().map(|c| format!("{prefix}{}", c.0)).collect::<Vec<_>>().join(", ")
+    }
+
+    /// The staging table: the columns, plus a reference row's position in the request (`n`, for ties).
+    pub(super) fn create_sql(&self) -> String {
+        let n = if self.kind == Kind::Reference { "n bigint NOT NULL, " } else { "" };
+        let columns: Vec<String> = self.columns.iter().map(|c| format!("{} {}", c.0, c.1)).collect();
+        format!("CREATE TEMPORARY TABLE {} ({n}{})", self.staging(), columns.join(", "))
+    }
+
+    pub(super) fn copy_sql(&self) -> String {
+        format!("COPY {} FROM STDIN (FORMAT binary)", self.staging())
+    }
+
+    pub(super) fn copy_types(&self) -> Vec<Type> {
+        let n = (self.kind == Kind::Reference).then_some(Type::INT8);
+        n.into_iter().chain(self.columns.iter().map(|c| c.2.clone())).collect()
+    }
+
+    /// The one statement that stores the staged rows; it returns (inserted, updated).
+    pub(super) fn store_sql(&self) -> String {
+        let (name, staging, key, columns) = (self.name, self.staging(), self.key, self.names(""));
+        match self.kind {
+            // in key order, so that ingest_seq follows it and the indexes are written in order
+            Kind::Fact => {
+                let unless = self.unless;
+                format!(
+                    "WITH stored AS (INSERT INTO {name} ({columns}) SELECT {} FROM {staging} s {unless} \
+                     ORDER BY {} ON CONFLICT DO NOTHING RETURNING 1) SELECT count(*), 0::bigint FROM stored",
+                    self.names("s."),
+                    key.split(", ").map(|k| format!("s.{k}")).collect::<Vec<_>>().join(", "),
+                )
+            }
+            Kind::Reference => {
+                let keys: Vec<&str> = key.split(", ").collect();
+                let values: Vec<&str> =
+                    self.columns.iter().map(|c| c.0).filter(|c| !keys.contains(c) && *c != "updated_at").collect();
+                let set: Vec<String> =
+                    values.iter().chain(["updated_at"].iter()).map(|c| format!("{c} = EXCLUDED.{c}")).collect();
+                let old: Vec<String> = values.iter().map(|c| format!("t.{c}")).collect();
+                let new: Vec<String> = values.iter().map(|c| format!("EXCLUDED.{c}")).collect();
+                format!(
+                    "WITH stored AS (INSERT INTO {name} AS t ({columns}) \
+                     SELECT DISTINCT ON ({key}) {columns} FROM {staging} ORDER BY {key}, updated_at DESC, n DESC \
+                     ON CONFLICT ({key}) DO UPDATE SET {} \
+                     WHERE t.updated_at < EXCLUDED.updated_at AND ({}) IS DISTINCT FROM ({}) \
+                     RETURNING xmax = 0 AS inserted) \
+                     SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM stored",
+                    set.join(", "),
+                    old.join(", "),
+                    new.join(", "),
+                )
+            }
+        }
+    }
+}
+
+/// A row of one table.
+pub trait Row: Send + Sync {
+    /// The table it goes to.
+    const TABLE: &'static Table;
+    /// Its values, in the table's column order.
+    fn values(&self) -> Vec<&(dyn ToSql + Sync)>;
+    /// The UTC day of a fact, whose partition must exist.
+    fn day(&self) -> Option<NaiveDate> {
+        None
+    }
+}
+
+impl Row for TradeRow {
+    const TABLE: &'static Table = &TRADES;
+    fn values(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![&self.ts, &self.ticker, &self.trade_id, &self.yes_price_micros, &self.count_centi, &self.taker_side]
+    }
+    fn day(&self) -> Option<NaiveDate> {
+        Some(self.ts.date_naive())
+    }
+}
+
+impl Row for SnapshotRow {
+    const TABLE: &'static Table = &SNAPSHOTS;
+    fn values(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![
+            &self.ts,
+            &self.ticker,
+            &self.sid,
+            &self.seq,
+            &self.yes_price_micros,
+            &self.yes_size_centi,
+            &self.no_price_micros,
+            &self.no_size_centi,
+        ]
+    }
+    fn day(&self) -> Option<NaiveDate> {
+        Some(self.ts.date_naive())
+    }
+}
+
+impl Row for DeltaRow {
+    const TABLE: &'static Table = &DELTAS;
+    fn values(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![&self.ts, &self.ticker, &self.sid, &self.seq, &self.side, &self.price_micros, &self.delta_centi]
+    }
+    fn day(&self) -> Option<NaiveDate> {
+        Some(self.ts.date_naive())
+    }
+}
+
+impl Row for LifecycleRow {
+    const TABLE: &'static Table = &LIFECYCLE;
+    fn values(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![
+            &self.ts,
+            &self.ticker,
+            &self.event_type,
+            &self.open_time,
+            &self.close_time,
+            &self.result,
+            &self.settlement_value_micros,
+            &self.determined_time,
+            &self.settled_time,
+        ]
+    }
+    fn day(&self) -> Option<NaiveDate> {
+        Some(self.ts.date_naive())
+    }
+}
+
+impl Row for SeriesRow {
+    const TABLE: &'static Table = &SERIES;
+    fn values(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![
+            &self.ticker,
+            &self.title,
+            &self.category,
+            &self.tags,
+            &self.frequency,
+            &self.contract_url,
+            &self.fee_type,
+            &self.updated_at,
+        ]
+    }
+}
+
+impl Row for EventRow {
+    const TABLE: &'static Table = &EVENTS;
+    fn values(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![
+            &self.event_ticker,
+            &self.series_ticker,
+            &self.title,
+            &self.sub_title,
+            &self.category,
+            &self.mutually_exclusive,
+            &self.strike_date,
+            &self.strike_period,
+            &self.updated_at,
+        ]
+    }
+}
+
+impl Row for MarketRow {
+    const TABLE: &'static Table = &MARKETS;
+    fn values(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![
+            &self.ticker,
+            &self.event_ticker,
+            &self.series_ticker,
+            &self.market_type,
+            &self.title,
+            &self.yes_sub_title,
+            &self.no_sub_title,
+            &self.status,
+            &self.open_time,
+            &self.close_time,
+            &self.expected_expiration_time,
+            &self.latest_expiration_time,
+            &self.settlement_timer_seconds,
+            &self.can_close_early,
+            &self.strike_type,
+            &self.floor_strike,
+            &self.cap_strike,
+            &self.rules_primary,
+            &self.rules_secondary,
+            &self.updated_at,
+        ]
+    }
+}
+
+impl Row for SettlementRow {
+    const TABLE: &'static Table = &SETTLEMENTS;
+    fn values(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![
+            &self.market_ticker,
+            &self.event_ticker,
+            &self.series_ticker,
+            &self.result,
+            &self.settlement_value_micros,
+            &self.determined_time,
+            &self.settled_time,
+            &self.updated_at,
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_store_statements_name_every_column() {
+        let sql = MARKETS.store_sql();
+        assert!(sql.contains("ON CONFLICT (ticker) DO UPDATE SET event_ticker = EXCLUDED.event_ticker"), "{sql}");
+        assert!(sql.contains("updated_at = EXCLUDED.updated_at WHERE t.updated_at < EXCLUDED.updated_at"), "{sql}");
+        assert!(!sql.contains("t.ticker"), "the key is not compared: {sql}");
+        assert!(TRADES.store_sql().contains("ORDER BY s.ts, s.ticker, s.trade_id ON CONFLICT DO NOTHING"));
+        assert_eq!(TRADES.copy_types().len(), TRADES.columns.len());
+        assert_eq!(SERIES.copy_types().len(), SERIES.columns.len() + 1);
+    }
+}
