@@ -391,7 +391,9 @@ async fn the_plan_reads_only_the_range_partitions_in_order_without_sorting() {
         [(None, "all markets"), (Some(markets[..3].to_vec()), "some markets"), (Some(vec![markets[0].clone()]), "one")];
     for (selection, what) in cases {
         let sql = kalshi_replay::replay::trades::select_sql(start, end, selection.as_deref(), None, None);
-        db.batch_execute(&format!("BEGIN; {}", kalshi_replay::replay::PLAN_SETTINGS)).await.expect("settings");
+        db.batch_execute(&format!("BEGIN; {}", kalshi_replay::replay::snapshot::PLAN_SETTINGS))
+            .await
+            .expect("settings");
         let plan = db.query(&format!("EXPLAIN {sql}"), &[]).await.expect("explain");
         db.batch_execute("ROLLBACK").await.expect("rollback");
         let plan: Vec<String> = plan.iter().map(|row| row.get(0)).collect();

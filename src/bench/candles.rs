@@ -14,7 +14,7 @@ use crate::{
     config::BenchReplayArgs,
     error::Error,
     proto::{StreamCandlesRequest, replay_service_client::ReplayServiceClient, stream_candles_response::Payload},
-    replay,
+    replay::{request, sql},
     store::db::Database,
     store::pg,
 };
@@ -40,8 +40,8 @@ fn candles_sql(dataset: &Dataset, interval: i32) -> String {
                 round(sum(yes_price_micros::numeric * count_centi) / sum(count_centi)) AS vwap \
            FROM trades WHERE ts >= {} AND ts < {} \
           GROUP BY 1, 2 ORDER BY 1, 2",
-        replay::timestamp_literal(dataset.start),
-        replay::timestamp_literal(dataset.end),
+        sql::timestamp_literal(dataset.start),
+        sql::timestamp_literal(dataset.end),
     )
 }
 
@@ -71,7 +71,7 @@ async fn measure(db: &Database, args: &BenchReplayArgs) -> Result<Report, Error>
                     start_time: Some(crate::time::to_proto(dataset.start)),
                     end_time: Some(crate::time::to_proto(dataset.end)),
                     interval_seconds: interval,
-                    batch_size: args.batch_size.min(replay::MAX_BATCH),
+                    batch_size: args.batch_size.min(request::MAX_BATCH),
                     ..Default::default()
                 };
                 let stream = stream(client.clone(), request).await?;

@@ -25,7 +25,7 @@ use crate::{
     error::Error,
     generate,
     proto::{Layout, StreamTradesRequest, replay_service_client::ReplayServiceClient, stream_trades_response::Payload},
-    replay::PLAN_SETTINGS,
+    replay::snapshot::PLAN_SETTINGS,
     replay::trades,
     store::db::Database,
     store::migrate,

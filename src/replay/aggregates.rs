@@ -15,12 +15,11 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::{
-    error::Error,
-    replay,
-    replay::candles::{Part, Totals},
-    store::copy,
+use super::{
+    ohlcv::{Part, Totals},
+    sql,
 };
+use crate::{error::Error, store::copy};
 
 /// A bucket width that aggregates are kept at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,9 +117,9 @@ pub(crate) fn select_sql(
     let table = level.table();
     let range = format!(
         "a.bucket >= {} AND a.bucket < {}{}",
-        replay::timestamp_literal(from),
-        replay::timestamp_literal(to),
-        replay::ticker_filter("a.ticker", markets)
+        sql::timestamp_literal(from),
+        sql::timestamp_literal(to),
+        sql::ticker_filter("a.ticker", markets)
     );
     let Some(watermark) = watermark else {
         return format!("SELECT {COLUMNS} FROM {table} a WHERE {range} ORDER BY a.bucket, a.ticker");
@@ -136,8 +135,8 @@ pub(crate) fn select_sql(
             AND t.ts >= {from} AND t.ts < {to} \
          ORDER BY 1, 2, 3",
         width = level.sql_width(),
-        from = replay::timestamp_literal(from),
-        to = replay::timestamp_literal(to),
+        from = sql::timestamp_literal(from),
+        to = sql::timestamp_literal(to),
     )
 }
 

@@ -11,10 +11,18 @@ use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use tonic::Status;
 
+use super::{
+    request::{Position, StreamRequest, StreamSpec},
+    runner::{self, Abort, StreamBody},
+    snapshot::{OrderedCopy, Snapshot},
+    sql,
+};
 use crate::{
     error::Error,
-    proto::{Layout, StreamTradesResponse, Trade, TradeBatch, TradeColumns, stream_trades_response::Payload},
-    replay::{self, Common, Position, Resume, Snapshot, Stop},
+    proto::{
+        Layout, StreamTradesRequest, StreamTradesResponse, Trade, TradeBatch, TradeColumns,
+        stream_trades_response::Payload,
+    },
     store::copy,
     token::Kind,
 };
@@ -22,18 +30,46 @@ use crate::{
 /// Micro-dollars of a contract's payout; the NO price is this minus the YES price.
 const ONE_DOLLAR: i64 = 1_000_000;
 
-/// A validated StreamTrades request.
+/// StreamTrades: a validated request.
 #[derive(Debug)]
-pub(crate) struct Stream {
-    pub common: Common,
-    pub resume: Resume,
-    pub layout: Layout,
-    pub batch: usize,
+pub(crate) struct TradeStream {
+    spec: StreamSpec,
+    layout: Layout,
+}
+
+impl StreamRequest for StreamTradesRequest {
+    fn market_tickers(&self) -> &[String] {
+        &self.market_tickers
+    }
+    fn event_tickers(&self) -> &[String] {
+        &self.event_tickers
+    }
+    fn series_tickers(&self) -> &[String] {
+        &self.series_tickers
+    }
+    fn start_time(&self) -> Option<&prost_types::Timestamp> {
+        self.start_time.as_ref()
+    }
+    fn end_time(&self) -> Option<&prost_types::Timestamp> {
+        self.end_time.as_ref()
+    }
+    fn batch_size(&self) -> i32 {
+        self.batch_size
+    }
+    fn resume_token(&self) -> &str {
+        &self.resume_token
+    }
+    fn as_of_watermark(&self) -> Option<i64> {
+        self.as_of_watermark
+    }
+    fn binding_fields(&self) -> Self {
+        Self { resume_token: String::new(), batch_size: 0, layout: 0, ..self.clone() }
+    }
 }
 
 /// One trade as COPY delivers it; the strings borrow the row's buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TradeRow<'a> {
+pub struct CopiedTrade<'a> {
     pub micros: i64,
     pub ticker: &'a str,
     pub trade_id: &'a str,
@@ -43,16 +79,39 @@ pub struct TradeRow<'a> {
     pub ingest_seq: i64,
 }
 
-impl replay::Body<StreamTradesResponse> for Stream {
+impl StreamBody for TradeStream {
+    type Request = StreamTradesRequest;
+    type Response = StreamTradesResponse;
+    const KIND: Kind = Kind::Trades;
+
+    fn new(request: &StreamTradesRequest, spec: StreamSpec) -> Result<Self, Error> {
+        let layout = match Layout::try_from(request.layout) {
+            Ok(Layout::Unspecified | Layout::Rows) => Layout::Rows,
+            Ok(Layout::Columns) => Layout::Columns,
+            Err(_) => {
+                return Err(Error::invalid(
+                    "layout",
+                    format!("unknown value {}; allowed: 0 (rows), LAYOUT_ROWS (1), LAYOUT_COLUMNS (2)", request.layout),
+                ));
+            }
+        };
+        Ok(Self { spec, layout })
+    }
+
+    fn spec(&self) -> &StreamSpec {
+        &self.spec
+    }
+
     /// Reads the trades of `snapshot` and sends batches and the summary into `tx`.
     async fn run(
         self,
         snapshot: &Snapshot,
         tx: &mpsc::Sender<Result<StreamTradesResponse, Status>>,
-    ) -> Result<(), Stop> {
-        let (mut position, after) = self.resume.start(snapshot.watermark, decode_key)?;
+    ) -> Result<(), Abort> {
+        let StreamSpec { selection, batch: batch_size, resume } = self.spec;
+        let (mut position, after) = resume.start(snapshot.watermark, decode_key)?;
         let after_key = after.as_ref().map(|(micros, ticker, trade_id)| (*micros, ticker.as_str(), trade_id.as_str()));
-        let segments: Vec<String> = replay::day_segments(self.common.start, self.common.end, after_key.map(|k| k.0))
+        let segments: Vec<String> = sql::day_segments(selection.start, selection.end, after_key.map(|k| k.0))
             .into_iter()
             .map(|(start, end)| {
                 let select = select_sql(
@@ -65,8 +124,8 @@ impl replay::Body<StreamTradesResponse> for Stream {
                 format!("COPY ({select}) TO STDOUT (FORMAT binary)")
             })
             .collect();
-        let mut copies = replay::OrderedCopy::start(snapshot, segments).await;
-        let mut batch = Batch::new(self.layout, self.batch);
+        let mut copies = OrderedCopy::start(snapshot, segments).await;
+        let mut batch = TradeBatcher::new(self.layout, batch_size);
         let mut encoded = Vec::with_capacity(128);
         while let Some(mut blocks) = copies.next_segment().await? {
             let mut reader = copy::Reader::default();
@@ -82,9 +141,9 @@ impl replay::Body<StreamTradesResponse> for Stream {
                         batch.push(&trade, &encoded);
                         encode_key(&trade, &mut position.key);
                         reader.consume(&tuple);
-                        if batch.len == self.batch {
-                            let message = batch.take(&position, self.resume.binding);
-                            replay::send(tx, message).await?;
+                        if batch.len == batch_size {
+                            let message = batch.take(&position, resume.binding);
+                            runner::send(tx, message).await?;
                         }
                     }
                 }
@@ -92,12 +151,12 @@ impl replay::Body<StreamTradesResponse> for Stream {
             reader.finish()?;
         }
         if batch.len > 0 {
-            let message = batch.take(&position, self.resume.binding);
-            replay::send(tx, message).await?;
+            let message = batch.take(&position, resume.binding);
+            runner::send(tx, message).await?;
         }
-        let summary = replay::summary(position.count, &position.hash, snapshot.watermark);
+        let summary = runner::summary(position.count, &position.hash, snapshot.watermark);
         let message = StreamTradesResponse { payload: Some(Payload::Summary(summary)), resume_token: String::new() };
-        replay::send(tx, message).await
+        runner::send(tx, message).await
     }
 }
 
@@ -114,10 +173,10 @@ pub fn select_sql(
     let mut sql = format!(
         "SELECT ts, ticker, trade_id, yes_price_micros, count_centi, taker_side, ingest_seq FROM trades \
          WHERE ts >= {} AND ts < {}",
-        replay::timestamp_literal(start),
-        replay::timestamp_literal(end),
+        sql::timestamp_literal(start),
+        sql::timestamp_literal(end),
     );
-    sql.push_str(&replay::ticker_filter("ticker", markets));
+    sql.push_str(&sql::ticker_filter("ticker", markets));
     if let Some(watermark) = watermark {
         sql.push_str(&format!(" AND ingest_seq <= {watermark}"));
     }
@@ -125,18 +184,18 @@ pub fn select_sql(
         let ts = DateTime::from_timestamp_micros(micros).unwrap_or_default();
         sql.push_str(&format!(
             " AND (ts, ticker, trade_id) > ({}, {}, {})",
-            replay::timestamp_literal(ts),
-            replay::literal(ticker),
-            replay::literal(trade_id)
+            sql::timestamp_literal(ts),
+            sql::literal(ticker),
+            sql::literal(trade_id)
         ));
     }
     sql.push_str(" ORDER BY ts, ticker, trade_id");
     sql
 }
 
-/// The trade of one COPY tuple (columns as in [`Stream::sql`]).
-pub(crate) fn parse<'a>(reader: &'a copy::Reader, tuple: &copy::Tuple<7>) -> Result<TradeRow<'a>, Error> {
-    Ok(TradeRow {
+/// The trade of one COPY tuple (columns as in [`select_sql`]).
+pub(crate) fn parse<'a>(reader: &'a copy::Reader, tuple: &copy::Tuple<7>) -> Result<CopiedTrade<'a>, Error> {
+    Ok(CopiedTrade {
         micros: copy::timestamp_micros(reader.field(tuple, 0)?)?,
         ticker: copy::text(reader.field(tuple, 1)?)?,
         trade_id: copy::text(reader.field(tuple, 2)?)?,
@@ -148,7 +207,7 @@ pub(crate) fn parse<'a>(reader: &'a copy::Reader, tuple: &copy::Tuple<7>) -> Res
 }
 
 /// The position key of a trade: `micros (i64) | ticker length (u16) | ticker | trade_id`.
-fn encode_key(trade: &TradeRow<'_>, out: &mut Vec<u8>) {
+fn encode_key(trade: &CopiedTrade<'_>, out: &mut Vec<u8>) {
     out.clear();
     out.extend_from_slice(&trade.micros.to_be_bytes());
     out.extend_from_slice(&(trade.ticker.len() as u16).to_be_bytes());
@@ -165,7 +224,7 @@ fn decode_key(key: &[u8]) -> Option<(i64, String, String)> {
 }
 
 /// The wire Trade of a row.
-pub fn to_proto(trade: &TradeRow<'_>) -> Trade {
+pub fn to_proto(trade: &CopiedTrade<'_>) -> Trade {
     Trade {
         trade_id: trade.trade_id.to_owned(),
         market_ticker: trade.ticker.to_owned(),
@@ -180,7 +239,7 @@ pub fn to_proto(trade: &TradeRow<'_>) -> Trade {
 
 /// Appends the canonical encoding of a trade, the bytes the content hash covers: exactly what prost encodes for
 /// [`to_proto`] of it (fields in number order, zero values left out), written without building the message.
-pub fn encode_canonical(trade: &TradeRow<'_>, out: &mut Vec<u8>) {
+pub fn encode_canonical(trade: &CopiedTrade<'_>, out: &mut Vec<u8>) {
     fn int(out: &mut Vec<u8>, tag: u8, value: i64) {
         if value != 0 {
             out.push(tag);
@@ -236,7 +295,7 @@ struct ColumnBuffers {
 
 impl ColumnBuffers {
     /// Appends one trade whose market has index `market` in the stream's dictionary.
-    fn push(&mut self, trade: &TradeRow<'_>, market: u32) {
+    fn push(&mut self, trade: &CopiedTrade<'_>, market: u32) {
         varint(&mut self.market_index, u64::from(market));
         varint(&mut self.time_micros, trade.micros as u64);
         varint(&mut self.yes_price_micros, trade.yes_price_micros as u64);
@@ -298,7 +357,7 @@ fn string_field(out: &mut Vec<u8>, tag: u8, value: &str) {
 }
 
 /// The data message being filled, in the request's layout.
-struct Batch {
+struct TradeBatcher {
     layout: Layout,
     /// The rows layout's TradeBatch, encoded.
     rows: Vec<u8>,
@@ -309,7 +368,7 @@ struct Batch {
     capacity: usize,
 }
 
-impl Batch {
+impl TradeBatcher {
     fn new(layout: Layout, capacity: usize) -> Self {
         Self {
             layout,
@@ -322,7 +381,7 @@ impl Batch {
     }
 
     /// Adds a trade whose canonical encoding is `encoded`.
-    fn push(&mut self, trade: &TradeRow<'_>, encoded: &[u8]) {
+    fn push(&mut self, trade: &CopiedTrade<'_>, encoded: &[u8]) {
         self.len += 1;
         if self.layout != Layout::Columns {
             // the repeated field `trades = 1` of TradeBatch: tag, length, the Trade's encoding
@@ -366,8 +425,8 @@ mod tests {
 
     use super::*;
 
-    fn random_trade<'a>(rng: &mut impl Rng, ticker: &'a str, trade_id: &'a str) -> TradeRow<'a> {
-        TradeRow {
+    fn random_trade<'a>(rng: &mut impl Rng, ticker: &'a str, trade_id: &'a str) -> CopiedTrade<'a> {
+        CopiedTrade {
             // years 1 to 9999, including before 1970 and exact seconds
             micros: match rng.random_range(0..4) {
                 0 => 0,
@@ -400,7 +459,7 @@ mod tests {
     #[test]
     fn an_encoded_batch_decodes_to_its_trades() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
-        let mut batch = Batch::new(Layout::Rows, 10);
+        let mut batch = TradeBatcher::new(Layout::Rows, 10);
         let mut expected = Vec::new();
         for i in 0..10 {
             let id = format!("id-{i}");
@@ -427,7 +486,7 @@ mod tests {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
         let tickers = ["KXA", "KXB-26JAN05", "", "KXC"];
         let ids: Vec<String> = (0..40).map(|i| if i % 7 == 0 { String::new() } else { format!("id-{i}") }).collect();
-        let mut batch = Batch::new(Layout::Columns, 16);
+        let mut batch = TradeBatcher::new(Layout::Columns, 16);
         let mut dictionary: Vec<String> = Vec::new();
         let position = Position { watermark: 1, count: 0, hash: ContentHash::default(), key: Vec::new() };
         for chunk in ids.chunks(16) {
