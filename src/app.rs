@@ -20,20 +20,12 @@ use crate::{
 
 /// `serve`: migrate, then serve until SIGINT or SIGTERM.
 pub async fn serve(args: ServeArgs) -> Result<(), Error> {
-    let db = Database::open(&args.db).await?;
-    let result = async {
-        let mut client = db.connect(args.db.connect_timeout).await?;
-        migrate::run(&mut client).await?;
-        serve_on(&db, client, &args, |_| {}).await
-    }
-    .await;
-    finish(db, result).await
+    on_migrated_database(&args.db, async |db, client| serve_on(db, client, &args, |_| {}).await).await
 }
 
 /// `migrate`: apply pending migrations.
 pub async fn migrate(args: DbArgs) -> Result<(), Error> {
-    let db = Database::open(&args).await?;
-    let result = async {
+    with_database(&args, async |db| {
         let mut client = db.connect(args.connect_timeout).await?;
         let applied = migrate::run(&mut client).await?;
         match applied.as_slice() {
@@ -41,17 +33,13 @@ pub async fn migrate(args: DbArgs) -> Result<(), Error> {
             versions => println!("applied migrations {versions:?}"),
         }
         Ok(())
-    }
-    .await;
-    finish(db, result).await
+    })
+    .await
 }
 
 /// `generate`: load a synthetic dataset into an empty database.
 pub async fn generate(args: GenerateArgs) -> Result<(), Error> {
-    let db = Database::open(&args.db).await?;
-    let result = async {
-        let mut client = db.connect(args.db.connect_timeout).await?;
-        migrate::run(&mut client).await?;
+    on_migrated_database(&args.db, async |_, mut client| {
         let markets = count_markets(&client).await?;
         if markets > 0 {
             return Err(Error::invalid(
@@ -60,17 +48,13 @@ pub async fn generate(args: GenerateArgs) -> Result<(), Error> {
             ));
         }
         load(&mut client, &args.dataset).await
-    }
-    .await;
-    finish(db, result).await
+    })
+    .await
 }
 
 /// `import`: migrate, then import the files, one write per file, and print what was stored.
 pub async fn import(args: ImportArgs) -> Result<(), Error> {
-    let db = Database::open(&args.db).await?;
-    let result = async {
-        let mut client = db.connect(args.db.connect_timeout).await?;
-        migrate::run(&mut client).await?;
+    on_migrated_database(&args.db, async |db, client| {
         drop(client);
         // one connection for the write, one for the partitions it creates
         let pool = db.pool(2, args.db.connect_timeout).await?;
@@ -78,17 +62,13 @@ pub async fn import(args: ImportArgs) -> Result<(), Error> {
         let report = import::run(&pool, &options).await?;
         print!("{}", report.summary());
         Ok(())
-    }
-    .await;
-    finish(db, result).await
+    })
+    .await
 }
 
 /// `demo`: like `serve`, on a sample dataset generated the first time.
 pub async fn demo(args: DemoArgs) -> Result<(), Error> {
-    let db = Database::open(&args.serve.db).await?;
-    let result = async {
-        let mut client = db.connect(args.serve.db.connect_timeout).await?;
-        migrate::run(&mut client).await?;
+    on_migrated_database(&args.serve.db, async |db, mut client| {
         match count_markets(&client).await? {
             0 => {
                 println!("loading the sample dataset (first start only)");
@@ -96,17 +76,35 @@ pub async fn demo(args: DemoArgs) -> Result<(), Error> {
             }
             markets => println!("using the sample data already loaded ({markets} markets)"),
         }
-        serve_on(&db, client, &args.serve, print_try_it).await
-    }
-    .await;
-    finish(db, result).await
+        serve_on(db, client, &args.serve, print_try_it).await
+    })
+    .await
 }
 
-/// Stops the private cluster, if any; the command's own error wins over a failure to stop.
-pub(crate) async fn finish(db: Database, result: Result<(), Error>) -> Result<(), Error> {
+/// Runs `work` on the database of `args` (starting the private cluster when DATABASE_URL is unset) and always
+/// stops what it started, also after an error; the command's own error wins over a failure to stop.
+pub(crate) async fn with_database(
+    args: &DbArgs,
+    work: impl AsyncFnOnce(&Database) -> Result<(), Error>,
+) -> Result<(), Error> {
+    let db = Database::open(&args.options()).await?;
+    let result = work(&db).await;
     let stopped = db.shutdown().await;
     result?;
     stopped
+}
+
+/// [`with_database`], with a connection to the database after its pending migrations are applied.
+pub(crate) async fn on_migrated_database(
+    args: &DbArgs,
+    work: impl AsyncFnOnce(&Database, Client) -> Result<(), Error>,
+) -> Result<(), Error> {
+    with_database(args, async |db| {
+        let mut client = db.connect(args.connect_timeout).await?;
+        migrate::run(&mut client).await?;
+        work(db, client).await
+    })
+    .await
 }
 
 /// Creates the partitions ahead with `client` (of a migrated database), binds the listener, and serves until a

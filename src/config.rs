@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use chrono::NaiveDate;
 use clap::{Args, Parser, Subcommand};
 
-use crate::{generate::DatasetSpec, import::ProgressMode};
+use crate::{generate::DatasetSpec, import::ProgressMode, store::db};
 
 /// Stores Kalshi market history in PostgreSQL and replays it deterministically over gRPC.
 #[derive(Debug, Parser)]
@@ -52,6 +52,17 @@ pub struct DbArgs {
     /// How long to wait for the database at start-up and for a pooled connection, e.g. `10s`, `500ms`.
     #[arg(long, env = "KALSHI_REPLAY_CONNECT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub connect_timeout: Duration,
+}
+
+impl DbArgs {
+    /// The database options of these flags.
+    pub fn options(&self) -> db::Options {
+        db::Options {
+            database_url: self.database_url.clone(),
+            data_dir: self.data_dir.clone(),
+            connect_timeout: self.connect_timeout,
+        }
+    }
 }
 
 /// `serve` options.

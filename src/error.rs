@@ -93,8 +93,21 @@ pub enum Error {
 fn database_detail(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => crate::store::db::error_chain(e),
+        None => error_chain(e),
     }
+}
+
+/// The error and its causes in one line: tokio-postgres shows "error connecting to server" and keeps the reason a
+/// user can act on ("Connection refused") in the source.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 impl Error {

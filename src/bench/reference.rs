@@ -28,7 +28,7 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use crate::{
     app,
     config::BenchReferenceArgs,
-    error::Error,
+    error::{Error, error_chain},
     generate,
     proto::{
         GetCoverageRequest, GetEventRequest, GetMarketRequest, GetSeriesRequest, GetSettlementRequest,
@@ -36,8 +36,6 @@ use crate::{
         reference_service_client::ReferenceServiceClient,
     },
     server::{self, ServerOptions},
-    store::db::{self, Database},
-    store::migrate,
 };
 
 type Client = ReferenceServiceClient<Channel>;
@@ -92,10 +90,7 @@ pub(crate) async fn run(args: BenchReferenceArgs) -> Result<(), Error> {
 /// Opens the database as `demo` does, loads the demo dataset into an empty one, serves it on a free local port
 /// and measures that server; stops everything it started, also after an error or Ctrl-C.
 async fn in_process(args: BenchReferenceArgs, interrupted: impl Future<Output = ()>) -> Result<(), Error> {
-    let db = Database::open(&args.db).await?;
-    let result = async {
-        let mut client = db.connect(args.db.connect_timeout).await?;
-        migrate::run(&mut client).await?;
+    app::on_migrated_database(&args.db, async |db, mut client| {
         if app::count_markets(&client).await? == 0 {
             load_demo(&mut client, &args).await?;
         }
@@ -115,9 +110,8 @@ async fn in_process(args: BenchReferenceArgs, interrupted: impl Future<Output = 
         stopped??;
         print(&report, args.json);
         Ok(())
-    }
-    .await;
-    app::finish(db, result).await
+    })
+    .await
 }
 
 /// Loads the demo dataset of --seed/--markets/..., reporting on stderr: stdout carries only the report, so that
@@ -158,7 +152,7 @@ async fn measure(uri: &str, args: &BenchReferenceArgs, in_process: bool) -> Resu
     for _ in 0..connections {
         // one connect() per channel: each is its own TCP connection
         let channel =
-            endpoint.connect().await.map_err(|e| Error::Bench(format!("connect to {uri}: {}", db::error_chain(&e))))?;
+            endpoint.connect().await.map_err(|e| Error::Bench(format!("connect to {uri}: {}", error_chain(&e))))?;
         channels.push(channel);
     }
     let mut client = Client::new(channels[0].clone());

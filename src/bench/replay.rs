@@ -44,12 +44,13 @@ pub(crate) async fn with_database(
     measure: impl AsyncFnOnce(&Database) -> Result<(), Error>,
 ) -> Result<(), Error> {
     let interrupted = app::shutdown_signal()?;
-    let db = Database::open(db).await?;
-    let result = tokio::select! {
-        done = measure(&db) => done,
-        () = interrupted => Err(Error::Bench("interrupted".to_owned())),
-    };
-    app::finish(db, result).await
+    app::with_database(db, async |db| {
+        tokio::select! {
+            done = measure(db) => done,
+            () = interrupted => Err(Error::Bench("interrupted".to_owned())),
+        }
+    })
+    .await
 }
 
 /// What one run measured: trades and seconds of each case.

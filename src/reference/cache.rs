@@ -17,6 +17,7 @@
 //! listener is not listening (starting, or its connection was lost and it reconnects), nothing is stored and
 //! nothing is served: every lookup reads the database.
 
+use chrono::{DateTime, NaiveDate, Utc};
 use std::{
     collections::HashMap,
     hash::Hash,
@@ -29,9 +30,19 @@ use std::{
 
 use crate::{
     proto::{GetEventResponse, Market, Series, Settlement},
-    reference::coverage::Day,
     store::db::Pool,
 };
+
+/// One day of a market in `coverage_daily`, as the coverage shelf keeps it (see [`super::coverage`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Day {
+    pub(crate) day: NaiveDate,
+    pub(crate) trades: i64,
+    pub(crate) deltas: i64,
+    pub(crate) snapshots: i64,
+    pub(crate) first_trade: Option<DateTime<Utc>>,
+    pub(crate) last_trade: Option<DateTime<Utc>>,
+}
 
 /// The notification channel of reference writes (migrations/0004_reference_notify.sql).
 pub const CHANNEL: &str = "kalshi_replay_reference";

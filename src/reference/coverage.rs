@@ -19,7 +19,7 @@ use tokio_postgres::{
 use crate::{
     error::Error,
     proto::{CoverageGap, DayCoverage, GetCoverageRequest, MarketCoverage},
-    reference::cache::ReferenceCache,
+    reference::cache::{Day, ReferenceCache},
     store::db::{Pool, Prepare},
     time,
 };
@@ -185,17 +185,6 @@ impl DayRange {
         let to = self.end.map_or(days.len(), |end| days.partition_point(|d| d.day < end));
         &days[from..to.max(from)]
     }
-}
-
-/// One day of a market in `coverage_daily`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Day {
-    pub(crate) day: NaiveDate,
-    pub(crate) trades: i64,
-    pub(crate) deltas: i64,
-    pub(crate) snapshots: i64,
-    pub(crate) first_trade: Option<DateTime<Utc>>,
-    pub(crate) last_trade: Option<DateTime<Utc>>,
 }
 
 /// Maps a row of [`SELECT_DAYS`] to its market and day. By position: this runs for every day of every requested

@@ -4,6 +4,7 @@
 use std::{
     collections::{BTreeSet, HashMap},
     ops::Deref,
+    path::PathBuf,
     sync::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicBool, Ordering},
@@ -14,7 +15,10 @@ use std::{
 use tokio::sync::Notify;
 use tokio_postgres::{AsyncMessage, Client, Config, NoTls, Statement, config::Host, types::Type};
 
-use crate::{config::DbArgs, error::Error, store::pg::PrivatePostgres};
+use crate::{
+    error::{Error, error_chain},
+    store::pg::PrivatePostgres,
+};
 
 /// The pool every RPC borrows connections from.
 pub type Pool = bb8::Pool<Manager>;
@@ -31,6 +35,17 @@ const PRIVATE_DB: &str = "kalshi_replay";
 /// inline their values, see `replay::literal`); and no NOTICEs (such as "already exists, skipping" of idempotent DDL) in the logs.
 const SESSION_OPTIONS: &str = "-c TimeZone=UTC -c client_min_messages=warning -c standard_conforming_strings=on";
 
+/// Where the database is and how long to wait for it.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// A PostgreSQL URL; None: the private cluster in `data_dir`.
+    pub database_url: Option<String>,
+    /// Directory of the private cluster (used only without `database_url`).
+    pub data_dir: PathBuf,
+    /// How long to wait for the database at start-up.
+    pub connect_timeout: Duration,
+}
+
 /// The database a command works on: an external server, or a private cluster this process owns.
 #[derive(Debug)]
 pub struct Database {
@@ -41,7 +56,7 @@ pub struct Database {
 impl Database {
     /// Uses DATABASE_URL when set; otherwise starts (and, the first time, creates) the private cluster in
     /// `args.data_dir`.
-    pub async fn open(args: &DbArgs) -> Result<Self, Error> {
+    pub async fn open(args: &Options) -> Result<Self, Error> {
         match &args.database_url {
             Some(url) => {
                 let config = parse_url(url)?;
@@ -320,19 +335,6 @@ pub async fn connect(config: &Config, timeout: Duration) -> Result<Client, Error
         }
     });
     Ok(client)
-}
-
-/// The error and its causes in one line: tokio-postgres shows "error connecting to server" and keeps the reason a
-/// user can act on ("Connection refused") in the source.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// host:port/dbname for messages; credentials are left out.
