@@ -6,16 +6,16 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::DateTime;
-use common::{TestApp, active_copies, all_markets, rss_kib, serve_binary, wait_until_no_copy};
+use common::{
+    TestApp, active_copies, all_markets, expected_hash, rss_kib, serve_binary, summary_of, wait_until_no_copy,
+};
 use kalshi_replay::proto::{
-    Candle, FillPolicy, StreamCandlesRequest, StreamCandlesResponse, StreamSummary, StreamTradesRequest, Trade,
+    Candle, FillPolicy, StreamCandlesRequest, StreamCandlesResponse, StreamTradesRequest, Trade,
     replay_service_client::ReplayServiceClient, stream_candles_response::Payload,
     stream_trades_response::Payload as TradePayload,
 };
-use prost::Message;
 use prost_types::Timestamp;
 use rand::{Rng, SeedableRng};
-use sha2::{Digest, Sha256};
 use tokio_postgres::Client as PgClient;
 use tonic::{Code, transport::Channel};
 
@@ -61,25 +61,6 @@ fn candles_of(messages: &[StreamCandlesResponse]) -> Vec<Candle> {
         }
     }
     out
-}
-
-fn summary_of(messages: &[StreamCandlesResponse]) -> StreamSummary {
-    match messages.last().and_then(|m| m.payload.clone()) {
-        Some(Payload::Summary(summary)) => summary,
-        other => panic!("the last message is not the summary: {other:?}"),
-    }
-}
-
-/// The contract's hash, computed here independently: SHA-256 over each Candle's protobuf encoding, prefixed by
-/// its length (u32 little-endian).
-fn expected_hash(candles: &[Candle]) -> Vec<u8> {
-    let mut hash = Sha256::new();
-    for candle in candles {
-        let encoded = candle.encode_to_vec();
-        hash.update((encoded.len() as u32).to_le_bytes());
-        hash.update(&encoded);
-    }
-    hash.finalize().to_vec()
 }
 
 /// The trades of the same selection and range, from StreamTrades.

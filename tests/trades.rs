@@ -6,12 +6,13 @@ mod common;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use common::{TestApp, active_copies, all_markets, rss_kib, serve_binary, wait_until_no_copy};
-use kalshi_replay::proto::{
-    Layout, StreamSummary, StreamTradesRequest, StreamTradesResponse, Trade, TradeColumns,
-    replay_service_client::ReplayServiceClient, stream_trades_response::Payload,
+use common::{
+    TestApp, active_copies, all_markets, expected_hash, rss_kib, serve_binary, summary_of, wait_until_no_copy,
 };
-use prost::Message;
+use kalshi_replay::proto::{
+    Layout, StreamTradesRequest, StreamTradesResponse, Trade, TradeColumns, replay_service_client::ReplayServiceClient,
+    stream_trades_response::Payload,
+};
 use prost_types::Timestamp;
 use sha2::{Digest, Sha256};
 use tokio_postgres::Client as PgClient;
@@ -72,25 +73,6 @@ fn rows_of_columns(c: &TradeColumns, dictionary: &mut Vec<String>) -> Vec<Trade>
             ingest_seq: c.ingest_seq[i],
         })
         .collect()
-}
-
-fn summary_of(messages: &[StreamTradesResponse]) -> StreamSummary {
-    match messages.last().and_then(|m| m.payload.clone()) {
-        Some(Payload::Summary(s)) => s,
-        other => panic!("the last message is not a summary: {other:?}"),
-    }
-}
-
-/// The contract's hash, computed here independently: SHA-256 over each Trade's protobuf encoding, prefixed by
-/// its length (u32 little-endian).
-fn expected_hash(trades: &[Trade]) -> Vec<u8> {
-    let mut hash = Sha256::new();
-    for trade in trades {
-        let encoded = trade.encode_to_vec();
-        hash.update((encoded.len() as u32).to_le_bytes());
-        hash.update(&encoded);
-    }
-    hash.finalize().to_vec()
 }
 
 fn key(t: &Trade) -> (i64, i32, Vec<u8>, Vec<u8>) {

@@ -5,12 +5,10 @@
 //! /dev/null; A, StreamCandles of every market over the whole range to a tonic client that decodes every
 //! candle. The candle counts must agree. The report gives medians of the runs and the ratios B/A of the times.
 
-use std::time::Instant;
-
 use tonic::transport::Channel;
 
+use super::{Dataset, Drained, dataset, drain, median, psql_copy, with_database, with_server};
 use crate::{
-    bench::replay::{self as bench_replay, Dataset},
     config::BenchReplayArgs,
     error::Error,
     proto::{StreamCandlesRequest, replay_service_client::ReplayServiceClient, stream_candles_response::Payload},
@@ -24,8 +22,7 @@ const INTERVALS: [(i32, &str); 3] = [(60, "1m"), (3600, "1h"), (86_400, "1d")];
 
 /// `bench candles`.
 pub async fn run(args: BenchReplayArgs) -> Result<(), Error> {
-    bench_replay::with_database(&args.db, async |db| measure(db, &args).await.map(|report| report.print(args.json)))
-        .await
+    with_database(&args.db, async |db| measure(db, &args).await.map(|report| report.print(args.json))).await
 }
 
 /// The SQL a PostgreSQL user would write for the same candles (fill NONE): one row per market and period with
@@ -49,23 +46,16 @@ fn candles_sql(dataset: &Dataset, interval: i32) -> String {
 type Run = [((u64, f64), (u64, f64)); 3];
 
 async fn measure(db: &Database, args: &BenchReplayArgs) -> Result<Report, Error> {
-    let dataset = bench_replay::dataset(db, args).await?;
+    let dataset = dataset(db, args).await?;
     let psql = pg::psql()?;
-    let (mut server, addr) = bench_replay::spawn_server(&dataset.url).await?;
-    let measured = async {
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .map_err(|e| Error::Bench(e.to_string()))?
-            .connect()
-            .await
-            .map_err(|e| Error::Bench(format!("connect to the server: {e}")))?;
+    let (runs, peak_rss) = with_server(&dataset.url, async |channel| {
         let client = ReplayServiceClient::new(channel).max_decoding_message_size(64 << 20);
         let mut runs: Vec<Run> = Vec::new();
         for run in 1..=args.runs {
             let mut measured = [((0, 0.0), (0, 0.0)); 3];
             for (i, (interval, name)) in INTERVALS.into_iter().enumerate() {
                 // the candles are counted on the first run only: counting runs the aggregation again
-                let sql = bench_replay::psql_copy(&psql, &dataset.url, &candles_sql(&dataset, interval), "", run == 1)
-                    .await?;
+                let sql = psql_copy(&psql, &dataset.url, &candles_sql(&dataset, interval), "", run == 1).await?;
                 let request = StreamCandlesRequest {
                     series_tickers: dataset.series.clone(),
                     start_time: Some(crate::time::to_proto(dataset.start)),
@@ -87,55 +77,28 @@ async fn measure(db: &Database, args: &BenchReplayArgs) -> Result<Report, Error>
             runs.push(measured);
         }
         Ok(runs)
-    }
-    .await;
-    let peak_rss = bench_replay::peak_rss_kib(&server);
-    let _ = server.start_kill();
-    let _ = server.wait().await;
-    Ok(Report { runs: measured?, peak_rss_kib: peak_rss })
+    })
+    .await?;
+    Ok(Report { runs, peak_rss_kib: peak_rss })
 }
 
 /// StreamCandles to the end, decoding and touching every candle: (candles, seconds).
 async fn stream(mut client: ReplayServiceClient<Channel>, request: StreamCandlesRequest) -> Result<(u64, f64), Error> {
-    let failed = |e: tonic::Status| Error::Bench(format!("StreamCandles: {} {}", e.code(), e.message()));
-    let started = Instant::now();
-    let mut messages = client.stream_candles(request).await.map_err(failed)?.into_inner();
-    let (mut count, mut checksum) = (0u64, 0i64);
-    let mut summary = None;
-    while let Some(message) = messages.message().await.map_err(failed)? {
-        match message.payload {
-            Some(Payload::Candles(batch)) => {
-                for candle in &batch.candles {
-                    checksum = checksum.wrapping_add(candle.close_micros ^ candle.volume_centi);
-                    count += 1;
-                }
-            }
-            Some(Payload::Summary(s)) => summary = Some(s),
-            None => {}
+    drain("StreamCandles", client.stream_candles(request), |message| match message.payload {
+        Some(Payload::Candles(batch)) => {
+            let sum = batch.candles.iter().fold(0i64, |s, c| s.wrapping_add(c.close_micros ^ c.volume_centi));
+            Drained::Items(batch.candles.len() as u64, sum)
         }
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    let summary = summary.ok_or_else(|| Error::Bench("the stream ended without its summary".to_owned()))?;
-    if summary.item_count as u64 != count {
-        return Err(Error::Bench(format!("summary says {} candles, received {count}", summary.item_count)));
-    }
-    tracing::debug!(checksum, "decoded");
-    Ok((count, seconds))
+        Some(Payload::Summary(s)) => Drained::Summary(s),
+        None => Drained::Nothing,
+    })
+    .await
 }
 
 #[derive(Debug)]
 struct Report {
     runs: Vec<Run>,
     peak_rss_kib: Option<u64>,
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    match values.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => values[n / 2],
-        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
-    }
 }
 
 impl Report {

@@ -23,8 +23,8 @@ use tokio::process::Command;
 use tokio_postgres::Client;
 use tonic::transport::Channel;
 
+use super::{median, with_database, with_server};
 use crate::{
-    bench::replay::{self as bench_replay, median, spawn_server},
     config::BenchIngestArgs,
     error::Error,
     proto::{IngestTradesRequest, Side, Trade, ingest_service_client::IngestServiceClient},
@@ -40,8 +40,7 @@ const PREFIX: &str = "KXBENCH-";
 
 /// `bench ingest`.
 pub async fn run(args: BenchIngestArgs) -> Result<(), Error> {
-    bench_replay::with_database(&args.db, async |db| measure(db, &args).await.map(|report| report.print(args.json)))
-        .await
+    with_database(&args.db, async |db| measure(db, &args).await.map(|report| report.print(args.json))).await
 }
 
 /// One synthetic trade.
@@ -203,42 +202,38 @@ async fn measure(db: &Database, args: &BenchIngestArgs) -> Result<Report, Error>
     drop(rows);
     let psql = pg::psql()?;
     let exe = std::env::current_exe().map_err(|e| Error::io("find the current executable", e))?;
-    let (mut server, addr) = spawn_server(&url).await?;
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .map_err(|e| Error::Bench(e.to_string()))?
-        .connect()
-        .await
-        .map_err(|e| Error::Bench(format!("connect to the server: {e}")))?;
     let expected = args.trades;
-    let mut runs = Vec::new();
-    for run in 0..args.runs {
-        let mut measured = Run::default();
-        let mut ways = [Way::Copy, Way::Ingest, Way::Import];
-        ways.rotate_left(run as usize % 3);
-        for way in ways {
-            reset(&client).await?;
-            let started = Instant::now();
-            match way {
-                Way::Copy => copy_in(&psql, &url, &copy_path).await?,
-                Way::Ingest => ingest(&channel, &requests).await?,
-                Way::Import => import(&exe, &url, &jsonl_path).await?,
+    let (runs, peak_rss_kib) = with_server(&url, async |channel| {
+        let mut runs = Vec::new();
+        for run in 0..args.runs {
+            let mut measured = Run::default();
+            let mut ways = [Way::Copy, Way::Ingest, Way::Import];
+            ways.rotate_left(run as usize % 3);
+            for way in ways {
+                reset(&client).await?;
+                let started = Instant::now();
+                match way {
+                    Way::Copy => copy_in(&psql, &url, &copy_path).await?,
+                    Way::Ingest => ingest(&channel, &requests).await?,
+                    Way::Import => import(&exe, &url, &jsonl_path).await?,
+                }
+                let seconds = started.elapsed().as_secs_f64();
+                let n = stored(&client).await?;
+                if n != expected {
+                    return Err(Error::Bench(format!("{way:?} stored {n} trades, not {expected}")));
+                }
+                tracing::info!(run, ?way, seconds = format!("{seconds:.2}"), "measured");
+                match way {
+                    Way::Copy => measured.copy = seconds,
+                    Way::Ingest => measured.ingest = seconds,
+                    Way::Import => measured.import = seconds,
+                }
             }
-            let seconds = started.elapsed().as_secs_f64();
-            let n = stored(&client).await?;
-            if n != expected {
-                return Err(Error::Bench(format!("{way:?} stored {n} trades, not {expected}")));
-            }
-            tracing::info!(run, ?way, seconds = format!("{seconds:.2}"), "measured");
-            match way {
-                Way::Copy => measured.copy = seconds,
-                Way::Ingest => measured.ingest = seconds,
-                Way::Import => measured.import = seconds,
-            }
+            runs.push(measured);
         }
-        runs.push(measured);
-    }
-    let peak_rss_kib = crate::bench::replay::peak_rss_kib(&server);
-    let _ = server.kill().await;
+        Ok(runs)
+    })
+    .await?;
     reset(&client).await?;
     Ok(Report { runs, trades: expected, batch_size: args.batch_size, peak_rss_kib })
 }

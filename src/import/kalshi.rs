@@ -121,12 +121,12 @@ pub fn parse_line(line: &str) -> std::result::Result<Vec<Record>, ParseError> {
     let value: Value = serde_json::from_str(line).map_err(|e| ParseError::new("json", e.to_string()))?;
     let Some(map) = value.as_object() else { return parse_document(&value) };
     if map.contains_key("type") {
-        let received = receive_time(&[Obj::root(map)])?;
-        return parse_envelope(Obj::root(map), received);
+        let received = receive_time(&[JsonObject::root(map)])?;
+        return parse_envelope(JsonObject::root(map), received);
     }
     if let Some(message) = map.get("message").and_then(Value::as_object) {
-        let wrapper = Obj::root(map);
-        let envelope = Obj { map: message, path: "message".to_owned() };
+        let wrapper = JsonObject::root(map);
+        let envelope = JsonObject { map: message, path: "message".to_owned() };
         if message.contains_key("type") {
             let received = receive_time(&[wrapper, envelope.clone()])?;
             return parse_envelope(envelope, received);
@@ -137,16 +137,16 @@ pub fn parse_line(line: &str) -> std::result::Result<Vec<Record>, ParseError> {
 }
 
 /// Reads one numeric field of an object.
-type Reader<'a> = fn(&Obj<'a>, &str) -> Result<Option<i64>>;
+type Reader<'a> = fn(&JsonObject<'a>, &str) -> Result<Option<i64>>;
 
 /// A JSON object and its path in the document, for error messages.
 #[derive(Debug, Clone)]
-struct Obj<'a> {
+struct JsonObject<'a> {
     map: &'a Map<String, Value>,
     path: String,
 }
 
-impl<'a> Obj<'a> {
+impl<'a> JsonObject<'a> {
     fn root(map: &'a Map<String, Value>) -> Self {
         Self { map, path: String::new() }
     }
@@ -181,8 +181,8 @@ impl<'a> Obj<'a> {
         value.ok_or_else(|| self.err(key, "is required"))
     }
 
-    fn child(&self, key: &str) -> Result<Obj<'a>> {
-        Obj::new(self.required(key, self.get(key))?, self.at(key))
+    fn child(&self, key: &str) -> Result<JsonObject<'a>> {
+        JsonObject::new(self.required(key, self.get(key))?, self.at(key))
     }
 
     fn str_opt(&self, key: &str) -> Result<Option<&'a str>> {
@@ -361,7 +361,7 @@ fn millis(ms: i64) -> Timestamp {
 }
 
 /// The receive time of a line: every receive key on the given objects (wrapper first), which must agree.
-fn receive_time(objects: &[Obj<'_>]) -> Result<Option<Timestamp>> {
+fn receive_time(objects: &[JsonObject<'_>]) -> Result<Option<Timestamp>> {
     let mut found: Option<(String, Timestamp)> = None;
     for obj in objects {
         for key in RECEIVE_KEYS {
@@ -394,7 +394,7 @@ fn is_item(map: &Map<String, Value>) -> bool {
 
 /// One REST item of any kind, told by its fields.
 fn parse_item(value: &Value, path: String, out: &mut Vec<Record>) -> Result<()> {
-    let o = Obj::new(value, path)?;
+    let o = JsonObject::new(value, path)?;
     if o.map.contains_key("trade_id") {
         let trade = if o.map.contains_key("ticker") { rest_trade(&o)? } else { ws_trade(&o)? };
         out.push(Record::Trade(trade));
@@ -417,7 +417,7 @@ fn parse_item(value: &Value, path: String, out: &mut Vec<Record>) -> Result<()> 
 /// A REST page, in a fixed order: series, events, markets, trades.
 fn parse_page(map: &Map<String, Value>, out: &mut Vec<Record>) -> Result<()> {
     const KEYS: [&str; 7] = ["series", "events", "event", "markets", "market", "trades", "cursor"];
-    let page = Obj::root(map);
+    let page = JsonObject::root(map);
     if !KEYS.iter().any(|k| map.contains_key(*k)) {
         return Err(ParseError::new(
             "json",
@@ -427,20 +427,20 @@ fn parse_page(map: &Map<String, Value>, out: &mut Vec<Record>) -> Result<()> {
     match page.get("series") {
         Some(Value::Array(_)) => {
             for (path, item) in page.array("series")? {
-                out.push(Record::Series(series(&Obj::new(item, path)?)?));
+                out.push(Record::Series(series(&JsonObject::new(item, path)?)?));
             }
         }
-        Some(item) => out.push(Record::Series(series(&Obj::new(item, page.at("series"))?)?)),
+        Some(item) => out.push(Record::Series(series(&JsonObject::new(item, page.at("series"))?)?)),
         None => {}
     }
     for (path, item) in page.array("events")? {
-        event(&Obj::new(item, path)?, out)?;
+        event(&JsonObject::new(item, path)?, out)?;
     }
     // GetEventResponse's top-level markets repeat the nested ones when with_nested_markets is set
     let mut nested = BTreeMap::new();
     if let Some(item) = page.get("event") {
         let start = out.len();
-        event(&Obj::new(item, page.at("event"))?, out)?;
+        event(&JsonObject::new(item, page.at("event"))?, out)?;
         for record in &out[start..] {
             if let Record::Market(m) = record {
                 nested.insert(m.ticker.clone(), m.clone());
@@ -449,7 +449,7 @@ fn parse_page(map: &Map<String, Value>, out: &mut Vec<Record>) -> Result<()> {
     }
     for (path, item) in page.array("markets")? {
         let mut records = Vec::new();
-        market(&Obj::new(item, path.clone())?, &mut records)?;
+        market(&JsonObject::new(item, path.clone())?, &mut records)?;
         match records.first() {
             Some(Record::Market(m)) if nested.get(&m.ticker) == Some(m) => {}
             Some(Record::Market(m)) if nested.contains_key(&m.ticker) => {
@@ -459,22 +459,22 @@ fn parse_page(map: &Map<String, Value>, out: &mut Vec<Record>) -> Result<()> {
         }
     }
     if let Some(item) = page.get("market") {
-        market(&Obj::new(item, page.at("market"))?, out)?;
+        market(&JsonObject::new(item, page.at("market"))?, out)?;
     }
     for (path, item) in page.array("trades")? {
-        out.push(Record::Trade(rest_trade(&Obj::new(item, path)?)?));
+        out.push(Record::Trade(rest_trade(&JsonObject::new(item, path)?)?));
     }
     Ok(())
 }
 
 /// A REST Trade: `ticker`, `created_time`.
-fn rest_trade(o: &Obj<'_>) -> Result<proto::Trade> {
+fn rest_trade(o: &JsonObject<'_>) -> Result<proto::Trade> {
     let time = o.required("created_time", o.rfc3339("created_time")?)?;
     trade(o, o.text("ticker")?, time)
 }
 
 /// A WebSocket trade: `market_ticker`, time from `ts_ms`, else `ts`, else `created_time`.
-fn ws_trade(o: &Obj<'_>) -> Result<proto::Trade> {
+fn ws_trade(o: &JsonObject<'_>) -> Result<proto::Trade> {
     let time = match (o.unix_millis("ts_ms")?, o.unix_seconds("ts")?, o.rfc3339("created_time")?) {
         (Some(t), _, _) | (None, Some(t), _) | (None, None, Some(t)) => t,
         (None, None, None) => return Err(o.err("ts", "is required (or ts_ms, or created_time)")),
@@ -483,10 +483,10 @@ fn ws_trade(o: &Obj<'_>) -> Result<proto::Trade> {
 }
 
 /// The fields that REST and WebSocket trades share.
-fn trade(o: &Obj<'_>, market_ticker: String, time: Timestamp) -> Result<proto::Trade> {
-    let yes = o.either(("yes_price_dollars", Obj::dollars), ("yes_price", Obj::cents))?;
+fn trade(o: &JsonObject<'_>, market_ticker: String, time: Timestamp) -> Result<proto::Trade> {
+    let yes = o.either(("yes_price_dollars", JsonObject::dollars), ("yes_price", JsonObject::cents))?;
     let yes = o.required("yes_price_dollars", yes)?;
-    let no = o.either(("no_price_dollars", Obj::dollars), ("no_price", Obj::cents))?;
+    let no = o.either(("no_price_dollars", JsonObject::dollars), ("no_price", JsonObject::cents))?;
     if let Some(no) = no
         && no != ONE_DOLLAR - yes
     {
@@ -495,7 +495,7 @@ fn trade(o: &Obj<'_>, market_ticker: String, time: Timestamp) -> Result<proto::T
             o.err(key, format!("{} is not 1 - yes price ({} micros), got {no} micros", o.map[key], ONE_DOLLAR - yes))
         );
     }
-    let count = o.either(("count_fp", Obj::count), ("count", Obj::contracts))?;
+    let count = o.either(("count_fp", JsonObject::count), ("count", JsonObject::contracts))?;
     Ok(proto::Trade {
         trade_id: o.text("trade_id")?,
         market_ticker,
@@ -509,7 +509,7 @@ fn trade(o: &Obj<'_>, market_ticker: String, time: Timestamp) -> Result<proto::T
 }
 
 /// A Market, and its Settlement when the market has a result.
-fn market(o: &Obj<'_>, out: &mut Vec<Record>) -> Result<()> {
+fn market(o: &JsonObject<'_>, out: &mut Vec<Record>) -> Result<()> {
     let ticker = o.text("ticker")?;
     let event_ticker = o.text("event_ticker")?;
     let series_ticker = match o.str_opt("series_ticker")? {
@@ -572,7 +572,8 @@ fn market(o: &Obj<'_>, out: &mut Vec<Record>) -> Result<()> {
     let settlement = if result == SettlementResult::Unspecified {
         None
     } else {
-        let value = o.either(("settlement_value_dollars", Obj::dollars), ("settlement_value", Obj::cents))?;
+        let value =
+            o.either(("settlement_value_dollars", JsonObject::dollars), ("settlement_value", JsonObject::cents))?;
         let key = if o.has("settlement_value_dollars") { "settlement_value_dollars" } else { "settlement_value" };
         let value = match (result, value) {
             (SettlementResult::Yes, None) => ONE_DOLLAR,
@@ -605,7 +606,7 @@ fn market(o: &Obj<'_>, out: &mut Vec<Record>) -> Result<()> {
 }
 
 /// An EventData, then its nested markets.
-fn event(o: &Obj<'_>, out: &mut Vec<Record>) -> Result<()> {
+fn event(o: &JsonObject<'_>, out: &mut Vec<Record>) -> Result<()> {
     out.push(Record::Event(proto::Event {
         event_ticker: o.text("event_ticker")?,
         series_ticker: o.text("series_ticker")?,
@@ -618,12 +619,12 @@ fn event(o: &Obj<'_>, out: &mut Vec<Record>) -> Result<()> {
         updated_time: o.rfc3339("last_updated_ts")?,
     }));
     for (path, item) in o.array("markets")? {
-        market(&Obj::new(item, path)?, out)?;
+        market(&JsonObject::new(item, path)?, out)?;
     }
     Ok(())
 }
 
-fn series(o: &Obj<'_>) -> Result<proto::Series> {
+fn series(o: &JsonObject<'_>) -> Result<proto::Series> {
     let tags = o
         .array("tags")?
         .into_iter()
@@ -645,7 +646,7 @@ fn series(o: &Obj<'_>) -> Result<proto::Series> {
 }
 
 /// A WebSocket envelope `{type, sid, seq, msg}` and the line's receive time.
-fn parse_envelope(env: Obj<'_>, received: Option<Timestamp>) -> Result<Vec<Record>> {
+fn parse_envelope(env: JsonObject<'_>, received: Option<Timestamp>) -> Result<Vec<Record>> {
     let kind = env.text("type")?;
     let needs_received = |what: &str| {
         received.ok_or_else(|| ParseError::new("received_at", format!("is required: {what} carries no exchange time")))
@@ -674,7 +675,7 @@ fn parse_envelope(env: Obj<'_>, received: Option<Timestamp>) -> Result<Vec<Recor
 }
 
 /// A delta's exchange time when the line has no receive time: `ts` (RFC3339, or unix seconds), else `ts_ms`.
-fn delta_time(msg: &Obj<'_>) -> Result<Timestamp> {
+fn delta_time(msg: &JsonObject<'_>) -> Result<Timestamp> {
     let ts = match msg.get("ts") {
         Some(Value::Number(_)) => msg.unix_seconds("ts")?,
         _ => msg.rfc3339("ts")?,
@@ -685,7 +686,7 @@ fn delta_time(msg: &Obj<'_>) -> Result<Timestamp> {
     }
 }
 
-fn snapshot(env: &Obj<'_>, msg: &Obj<'_>, time: Timestamp) -> Result<proto::OrderbookSnapshot> {
+fn snapshot(env: &JsonObject<'_>, msg: &JsonObject<'_>, time: Timestamp) -> Result<proto::OrderbookSnapshot> {
     Ok(proto::OrderbookSnapshot {
         market_ticker: msg.text("market_ticker")?,
         time: Some(time),
@@ -699,7 +700,7 @@ fn snapshot(env: &Obj<'_>, msg: &Obj<'_>, time: Timestamp) -> Result<proto::Orde
 
 /// One side of a snapshot from every format present (`yes_dollars_fp`, `yes_dollars`, legacy `yes`), which must
 /// agree; absent is empty.
-fn book_side(msg: &Obj<'_>, side: &str) -> Result<Vec<proto::OrderbookLevel>> {
+fn book_side(msg: &JsonObject<'_>, side: &str) -> Result<Vec<proto::OrderbookLevel>> {
     let formats = [(format!("{side}_dollars_fp"), false), (format!("{side}_dollars"), false), (side.to_owned(), true)];
     let mut first: Option<(&str, Vec<proto::OrderbookLevel>)> = None;
     for (key, legacy) in &formats {
@@ -743,9 +744,9 @@ fn level(value: &Value, path: &str, legacy: bool) -> Result<proto::OrderbookLeve
     })
 }
 
-fn delta(env: &Obj<'_>, msg: &Obj<'_>, time: Timestamp) -> Result<proto::OrderbookDelta> {
-    let price = msg.either(("price_dollars", Obj::dollars), ("price", Obj::cents))?;
-    let delta = msg.either(("delta_fp", Obj::count), ("delta", Obj::contracts))?;
+fn delta(env: &JsonObject<'_>, msg: &JsonObject<'_>, time: Timestamp) -> Result<proto::OrderbookDelta> {
+    let price = msg.either(("price_dollars", JsonObject::dollars), ("price", JsonObject::cents))?;
+    let delta = msg.either(("delta_fp", JsonObject::count), ("delta", JsonObject::contracts))?;
     Ok(proto::OrderbookDelta {
         market_ticker: msg.text("market_ticker")?,
         time: Some(time),
@@ -758,7 +759,7 @@ fn delta(env: &Obj<'_>, msg: &Obj<'_>, time: Timestamp) -> Result<proto::Orderbo
     })
 }
 
-fn lifecycle(msg: &Obj<'_>, time: Timestamp) -> Result<proto::LifecycleEvent> {
+fn lifecycle(msg: &JsonObject<'_>, time: Timestamp) -> Result<proto::LifecycleEvent> {
     let paused = match msg.get("is_deactivated") {
         None => None,
         Some(_) => Some(msg.flag("is_deactivated")?),

@@ -32,7 +32,7 @@ use crate::{
     error::Error,
     ingest::{
         validate::{self, At},
-        write::{Batch, Stored, Write},
+        write::{PendingWrite, RowBuffer, Stored},
     },
     store::db::Pool,
 };
@@ -215,15 +215,15 @@ fn read_file(path: &Path, read: Arc<AtomicU64>, tx: &mpsc::Sender<Vec<Parsed>>) 
 
 /// The batches of one file's write, one per table.
 #[derive(Debug, Default)]
-struct Batches {
-    trades: Batch<validate::TradeRow>,
-    snapshots: Batch<validate::SnapshotRow>,
-    deltas: Batch<validate::DeltaRow>,
-    lifecycle: Batch<validate::LifecycleRow>,
-    series: Batch<validate::SeriesRow>,
-    events: Batch<validate::EventRow>,
-    markets: Batch<validate::MarketRow>,
-    settlements: Batch<validate::SettlementRow>,
+struct TableBuffers {
+    trades: RowBuffer<validate::TradeRow>,
+    snapshots: RowBuffer<validate::SnapshotRow>,
+    deltas: RowBuffer<validate::DeltaRow>,
+    lifecycle: RowBuffer<validate::LifecycleRow>,
+    series: RowBuffer<validate::SeriesRow>,
+    events: RowBuffer<validate::EventRow>,
+    markets: RowBuffer<validate::MarketRow>,
+    settlements: RowBuffer<validate::SettlementRow>,
 }
 
 /// Where a record's validation error points: the bare kind (the file and line come first).
@@ -231,9 +231,14 @@ fn at(kind: &'static str) -> At {
     At { kind, index: None }
 }
 
-impl Batches {
+impl TableBuffers {
     /// Validates `record` and adds it; for a kind the service does not store, its name.
-    async fn push(&mut self, write: &mut Write, record: Record, now: DateTime<Utc>) -> Result<Option<String>, Error> {
+    async fn push(
+        &mut self,
+        write: &mut PendingWrite,
+        record: Record,
+        now: DateTime<Utc>,
+    ) -> Result<Option<String>, Error> {
         match record {
             Record::Trade(t) => self.trades.push(write, validate::trade(at("trade"), &t)?).await?,
             Record::Snapshot(s) => {
@@ -255,7 +260,7 @@ impl Batches {
     }
 
     /// Stages what every table holds still, for the write's commit.
-    async fn finish(self, write: &mut Write) -> Result<(), Error> {
+    async fn finish(self, write: &mut PendingWrite) -> Result<(), Error> {
         self.trades.finish(write).await?;
         self.snapshots.finish(write).await?;
         self.deltas.finish(write).await?;
@@ -304,8 +309,8 @@ async fn import_file(
     };
     let name = path.display().to_string();
     let now = Utc::now();
-    let mut write = Write::new(pool);
-    let mut batches = Batches::default();
+    let mut write = PendingWrite::new(pool);
+    let mut batches = TableBuffers::default();
     let mut records = 0u64;
     while let Some(chunk) = rx.recv().await {
         for (line, parsed) in chunk {

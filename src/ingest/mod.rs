@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 use self::{
     tables::Row,
     validate::At,
-    write::{Batch, Stored, Write},
+    write::{PendingWrite, RowBuffer, Stored},
 };
 use crate::{
     error::Error,
@@ -48,8 +48,8 @@ impl IngestApi {
         items: fn(&M) -> &[P],
         validate: fn(At, &P) -> Result<R, Error>,
     ) -> Result<(Stored, i64), Status> {
-        let mut write = Write::new(&self.pool);
-        let mut batch = Batch::default();
+        let mut write = PendingWrite::new(&self.pool);
+        let mut batch = RowBuffer::default();
         let mut index = 0;
         while let Some(message) = stream.message().await? {
             for item in items(&message) {
@@ -72,8 +72,8 @@ impl IngestApi {
         let now = Utc::now();
         let rows = items.iter().enumerate().map(|(i, item)| validate(At::item(kind, i), item, now));
         let rows: Vec<R> = rows.collect::<Result<_, _>>()?;
-        let mut write = Write::new(&self.pool);
-        let mut batch = Batch::default();
+        let mut write = PendingWrite::new(&self.pool);
+        let mut batch = RowBuffer::default();
         for row in rows {
             batch.push(&mut write, row).await?;
         }
@@ -101,8 +101,8 @@ impl IngestService for IngestApi {
         request: Request<Streaming<IngestOrderbookRequest>>,
     ) -> Result<Response<IngestOrderbookResponse>, Status> {
         let mut stream = request.into_inner();
-        let mut write = Write::new(&self.pool);
-        let (mut snapshots, mut deltas) = (Batch::default(), Batch::default());
+        let mut write = PendingWrite::new(&self.pool);
+        let (mut snapshots, mut deltas) = (RowBuffer::default(), RowBuffer::default());
         let (mut s, mut d) = (0, 0);
         while let Some(message) = stream.message().await? {
             for snapshot in &message.snapshots {

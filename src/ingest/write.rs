@@ -2,10 +2,10 @@
 //! staging by binary COPY into temporary tables, one keyed statement per table, and the commit before the
 //! acknowledgement.
 //!
-//! A [`Write`] holds one pooled connection. Items are validated into rows (one struct per table) as they arrive
-//! and held in a [`Batch`], which copies them to the connection's staging table for that table every
+//! A [`PendingWrite`] holds one pooled connection. Items are validated into rows (one struct per table) as they arrive
+//! and held in a [`RowBuffer`], which copies them to the connection's staging table for that table every
 //! [`STAGE_ROWS`] rows, so a write of any length holds at most that many rows per table in the server. Staging
-//! runs outside any transaction: only the session's temporary tables change. [`Write::commit`] then stores
+//! runs outside any transaction: only the session's temporary tables change. [`PendingWrite::commit`] then stores
 //! everything in one transaction, one statement per table:
 //! - facts (trades, order-book snapshots and deltas, lifecycle events): `INSERT ... SELECT ... ORDER BY key ON
 //!   CONFLICT DO NOTHING`. Re-sent facts are skipped and counted as duplicates. The fact tables' triggers do the
@@ -81,7 +81,7 @@ type Conn = bb8::PooledConnection<'static, Manager>;
 /// never holds a partition's lock for long. Nothing but the temporary tables is touched until the stores, which
 /// run in one transaction with the commit. Dropped before [`commit`](Self::commit) (the client went away, a
 /// later item was refused), the connection is closed, which rolls back the stores and drops the staging tables.
-pub struct Write {
+pub struct PendingWrite {
     pool: Pool,
     conn: Option<Conn>,
     /// The UTC days whose partitions this write ensured.
@@ -92,10 +92,10 @@ pub struct Write {
 
 const FACT_WRITE_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext('kalshi_replay.fact_writes'))";
 
-impl fmt::Debug for Write {
+impl fmt::Debug for PendingWrite {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let staged: Vec<(&str, i64)> = self.staged.iter().map(|(t, n)| (t.name, *n)).collect();
-        f.debug_struct("Write").field("staged", &staged).finish()
+        f.debug_struct("PendingWrite").field("staged", &staged).finish()
     }
 }
 
@@ -113,7 +113,7 @@ impl Committed {
     }
 }
 
-impl Write {
+impl PendingWrite {
     /// A write to `pool`. It takes its connection when it first stages rows, so a client stream that sends
     /// little, or slowly, holds no connection until then.
     pub fn new(pool: &Pool) -> Self {
@@ -201,7 +201,7 @@ impl Write {
     }
 }
 
-impl Drop for Write {
+impl Drop for PendingWrite {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
             // maybe mid-transaction or mid-COPY: close it, and PostgreSQL rolls the stores back and drops the
@@ -213,19 +213,19 @@ impl Drop for Write {
 
 /// The validated rows of one table in a write, staged every [`STAGE_ROWS`] rows.
 #[derive(Debug)]
-pub struct Batch<R> {
+pub struct RowBuffer<R> {
     pending: Vec<R>,
 }
 
-impl<R: Row> Default for Batch<R> {
+impl<R: Row> Default for RowBuffer<R> {
     fn default() -> Self {
         Self { pending: Vec::new() }
     }
 }
 
-impl<R: Row> Batch<R> {
+impl<R: Row> RowBuffer<R> {
     /// Adds a validated row.
-    pub async fn push(&mut self, write: &mut Write, row: R) -> Result<(), Error> {
+    pub async fn push(&mut self, write: &mut PendingWrite, row: R) -> Result<(), Error> {
         self.pending.push(row);
         if self.pending.len() == STAGE_ROWS {
             write.stage(&mut self.pending).await?;
@@ -234,7 +234,7 @@ impl<R: Row> Batch<R> {
     }
 
     /// Stages every row pushed, for the write's commit to store.
-    pub async fn finish(mut self, write: &mut Write) -> Result<(), Error> {
+    pub async fn finish(mut self, write: &mut PendingWrite) -> Result<(), Error> {
         write.stage(&mut self.pending).await
     }
 }

@@ -15,7 +15,7 @@ use tonic::Status;
 use super::{
     aggregates::{self, Level, Piece},
     ohlcv::{Aggregator, Interval, MarketState, Part},
-    request::{Position, Resume, StreamRequest, StreamSpec},
+    request::{Position, Resume, StreamSpec},
     runner::{self, Abort, StreamBody},
     snapshot::{OrderedCopy, Snapshot},
     sql, trades,
@@ -37,35 +37,7 @@ pub(crate) struct CandleStream {
     fill: FillPolicy,
 }
 
-impl StreamRequest for StreamCandlesRequest {
-    fn market_tickers(&self) -> &[String] {
-        &self.market_tickers
-    }
-    fn event_tickers(&self) -> &[String] {
-        &self.event_tickers
-    }
-    fn series_tickers(&self) -> &[String] {
-        &self.series_tickers
-    }
-    fn start_time(&self) -> Option<&prost_types::Timestamp> {
-        self.start_time.as_ref()
-    }
-    fn end_time(&self) -> Option<&prost_types::Timestamp> {
-        self.end_time.as_ref()
-    }
-    fn batch_size(&self) -> i32 {
-        self.batch_size
-    }
-    fn resume_token(&self) -> &str {
-        &self.resume_token
-    }
-    fn as_of_watermark(&self) -> Option<i64> {
-        self.as_of_watermark
-    }
-    fn binding_fields(&self) -> Self {
-        Self { resume_token: String::new(), batch_size: 0, ..self.clone() }
-    }
-}
+stream_request!(StreamCandlesRequest, |request| Self { resume_token: String::new(), batch_size: 0, ..request.clone() });
 
 /// Per selected market: its close time and its last trade before $1 (at or below the watermark $2 when set):
 /// what fill and `previous` need from before the trades the stream reads.

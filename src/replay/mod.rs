@@ -17,11 +17,13 @@
 //! - the stream bodies: [`trades`] (StreamTrades) and [`candles`] (StreamCandles), which folds trades with
 //!   [`ohlcv`] and reads the write-time [`aggregates`].
 
+#[macro_use]
+pub mod request;
+
 pub mod aggregates;
 pub mod candles;
 pub mod hash;
 pub mod ohlcv;
-pub mod request;
 pub mod runner;
 pub mod snapshot;
 pub mod sql;

@@ -32,6 +32,43 @@ pub(crate) trait StreamRequest: Message + Clone + 'static {
     fn binding_fields(&self) -> Self;
 }
 
+/// Implements [`StreamRequest`] for a proto request with the common fields; `|request| binding` gives the request
+/// as its tokens are bound to it.
+macro_rules! stream_request {
+    ($request:ty, |$r:ident| $binding:expr) => {
+        impl $crate::replay::request::StreamRequest for $request {
+            fn market_tickers(&self) -> &[String] {
+                &self.market_tickers
+            }
+            fn event_tickers(&self) -> &[String] {
+                &self.event_tickers
+            }
+            fn series_tickers(&self) -> &[String] {
+                &self.series_tickers
+            }
+            fn start_time(&self) -> Option<&prost_types::Timestamp> {
+                self.start_time.as_ref()
+            }
+            fn end_time(&self) -> Option<&prost_types::Timestamp> {
+                self.end_time.as_ref()
+            }
+            fn batch_size(&self) -> i32 {
+                self.batch_size
+            }
+            fn resume_token(&self) -> &str {
+                &self.resume_token
+            }
+            fn as_of_watermark(&self) -> Option<i64> {
+                self.as_of_watermark
+            }
+            fn binding_fields(&self) -> Self {
+                let $r = self;
+                $binding
+            }
+        }
+    };
+}
+
 /// What every stream request asks, validated: the selection, the batch size, and where it starts.
 #[derive(Debug)]
 pub(crate) struct StreamSpec {

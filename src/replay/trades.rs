@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tonic::Status;
 
 use super::{
-    request::{Position, StreamRequest, StreamSpec},
+    request::{Position, StreamSpec},
     runner::{self, Abort, StreamBody},
     snapshot::{OrderedCopy, Snapshot},
     sql,
@@ -37,35 +37,12 @@ pub(crate) struct TradeStream {
     layout: Layout,
 }
 
-impl StreamRequest for StreamTradesRequest {
-    fn market_tickers(&self) -> &[String] {
-        &self.market_tickers
-    }
-    fn event_tickers(&self) -> &[String] {
-        &self.event_tickers
-    }
-    fn series_tickers(&self) -> &[String] {
-        &self.series_tickers
-    }
-    fn start_time(&self) -> Option<&prost_types::Timestamp> {
-        self.start_time.as_ref()
-    }
-    fn end_time(&self) -> Option<&prost_types::Timestamp> {
-        self.end_time.as_ref()
-    }
-    fn batch_size(&self) -> i32 {
-        self.batch_size
-    }
-    fn resume_token(&self) -> &str {
-        &self.resume_token
-    }
-    fn as_of_watermark(&self) -> Option<i64> {
-        self.as_of_watermark
-    }
-    fn binding_fields(&self) -> Self {
-        Self { resume_token: String::new(), batch_size: 0, layout: 0, ..self.clone() }
-    }
-}
+stream_request!(StreamTradesRequest, |request| Self {
+    resume_token: String::new(),
+    batch_size: 0,
+    layout: 0,
+    ..request.clone()
+});
 
 /// One trade as COPY delivers it; the strings borrow the row's buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,11 +13,15 @@ use std::{
 
 use kalshi_replay::{
     error::Error,
+    proto::{
+        StreamCandlesResponse, StreamSummary, StreamTradesResponse, stream_candles_response, stream_trades_response,
+    },
     server::{self, ServerOptions},
     store::db::{self, Database},
     store::migrate::{self, MIGRATIONS},
     store::pg::PrivatePostgres,
 };
+use sha2::{Digest, Sha256};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tokio_postgres::{Client, Config};
 use tonic::transport::Channel;
@@ -302,4 +306,47 @@ pub async fn collect<T>(mut stream: tonic::Streaming<T>) -> Result<Vec<T>, tonic
         out.push(message);
     }
     Ok(out)
+}
+
+/// A message of a replay stream, whose last message is the summary.
+pub trait StreamMessage: std::fmt::Debug {
+    fn summary(&self) -> Option<&StreamSummary>;
+}
+
+impl StreamMessage for StreamTradesResponse {
+    fn summary(&self) -> Option<&StreamSummary> {
+        match &self.payload {
+            Some(stream_trades_response::Payload::Summary(s)) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+impl StreamMessage for StreamCandlesResponse {
+    fn summary(&self) -> Option<&StreamSummary> {
+        match &self.payload {
+            Some(stream_candles_response::Payload::Summary(s)) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// The summary, which must be the last message.
+pub fn summary_of<M: StreamMessage>(messages: &[M]) -> StreamSummary {
+    match messages.last().and_then(StreamMessage::summary) {
+        Some(summary) => summary.clone(),
+        None => panic!("the last message is not the summary: {:?}", messages.last()),
+    }
+}
+
+/// The contract's hash, computed here independently: SHA-256 over each item's protobuf encoding, prefixed by its
+/// length (u32 little-endian).
+pub fn expected_hash<M: prost::Message>(items: &[M]) -> Vec<u8> {
+    let mut hash = Sha256::new();
+    for item in items {
+        let encoded = item.encode_to_vec();
+        hash.update((encoded.len() as u32).to_le_bytes());
+        hash.update(&encoded);
+    }
+    hash.finalize().to_vec()
 }
