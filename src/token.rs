@@ -1,4 +1,4 @@
-//! Opaque continuation tokens (page tokens; later also resume tokens).
+//! Opaque continuation tokens: the page tokens of the List RPCs and the resume tokens of the replay streams.
 //!
 //! A token is URL-safe base64 of `version | kind | binding | payload | checksum`. The binding is a hash of the
 //! request's filters, so a token only continues the request it came from; the checksum makes any altered byte

@@ -23,7 +23,7 @@ use tokio::process::Command;
 use tokio_postgres::Client;
 use tonic::transport::Channel;
 
-use super::{median, with_database, with_server};
+use super::harness::{median, with_database, with_server};
 use crate::{
     config::BenchIngestArgs,
     error::Error,

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use tonic::transport::Channel;
 
-use super::{Dataset, Drained, dataset, drain, median, psql_copy, with_database, with_server};
+use super::harness::{Dataset, Drained, dataset, drain, median, psql_copy, with_database, with_server};
 use crate::{
     config::BenchReplayArgs,
     error::Error,

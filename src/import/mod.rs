@@ -5,7 +5,7 @@
 //!   skipped). Each file is gzip, zstd or plain, told by its first bytes.
 //! - Formats, told by the name without its compression suffix: `*.json` is one JSON document (a REST page,
 //!   with or without its `cursor` envelope, read whole); anything else is JSON lines (WebSocket messages with a
-//!   receive time, or REST objects), read line by line. [`crate::import::kalshi`] converts the shapes and units.
+//!   receive time, or REST objects), read line by line. [`kalshi`] converts the shapes and units.
 //! - One file is one write: validated like an RPC's items, committed whole, and skipped items are counted. A
 //!   malformed line or item stops the import with its file and line (files committed before it stay), or, with
 //!   `--skip-bad`, is counted and logged. Re-running an import stores nothing new: facts are keyed, reference rows

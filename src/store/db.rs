@@ -32,7 +32,7 @@ const PRIVATE_DB: &str = "kalshi_replay";
 
 /// Session settings of every connection: UTC, so that day boundaries and rendered timestamps never follow a
 /// server's local zone; backslashes in string literals are plain characters (the replays' COPY statements
-/// inline their values, see `replay::literal`); and no NOTICEs (such as "already exists, skipping" of idempotent DDL) in the logs.
+/// inline their values, see `replay::sql::literal`); and no NOTICEs (such as "already exists, skipping" of idempotent DDL) in the logs.
 const SESSION_OPTIONS: &str = "-c TimeZone=UTC -c client_min_messages=warning -c standard_conforming_strings=on";
 
 /// Where the database is and how long to wait for it.
