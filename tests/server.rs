@@ -32,7 +32,8 @@ async fn health_reports_serving_for_the_server_and_each_service() {
 
 #[tokio::test]
 async fn health_follows_the_database_down_and_back_up() {
-    let options = ServerOptions { partitions_ahead: 0, health_interval: Duration::from_millis(100) };
+    let options =
+        ServerOptions { partitions_ahead: 0, health_interval: Duration::from_millis(100), ..ServerOptions::default() };
     let app = TestApp::start_with(options, Duration::from_millis(500)).await;
     let mut health = HealthClient::new(app.channel().await);
     let admin = app.db.admin().await;
@@ -83,46 +84,37 @@ async fn wait_for_status(health: &mut HealthClient<tonic::transport::Channel>, e
     }
 }
 
+/// The services a reflection client of `$version` (v1 or v1alpha) lists.
+macro_rules! listed_services {
+    ($version:ident) => {{
+        use tonic_reflection::pb::$version::{
+            ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        };
+        let app = TestApp::start().await;
+        let mut client = ServerReflectionClient::new(app.channel().await);
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut responses =
+            client.server_reflection_info(tokio_stream::iter([request])).await.expect("call").into_inner();
+        let response = responses.next().await.expect("one response").expect("ok");
+        let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+            panic!("unexpected reflection response: {response:?}");
+        };
+        list.service.into_iter().map(|s| s.name).collect::<Vec<String>>()
+    }};
+}
+
 #[tokio::test]
 async fn reflection_v1_lists_every_service() {
-    use tonic_reflection::pb::v1::{
-        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-    };
-    let app = TestApp::start().await;
-    let mut client = ServerReflectionClient::new(app.channel().await);
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut responses = client.server_reflection_info(tokio_stream::iter([request])).await.expect("call").into_inner();
-    let response = responses.next().await.expect("one response").expect("ok");
-    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
-        panic!("unexpected reflection response: {response:?}");
-    };
-    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    assert_listed(&names);
+    assert_listed(&listed_services!(v1));
 }
 
 #[tokio::test]
 async fn reflection_v1alpha_lists_every_service_for_older_grpcurl() {
-    use tonic_reflection::pb::v1alpha::{
-        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-    };
-    let app = TestApp::start().await;
-    let mut client = ServerReflectionClient::new(app.channel().await);
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut responses = client.server_reflection_info(tokio_stream::iter([request])).await.expect("call").into_inner();
-    let response = responses.next().await.expect("one response").expect("ok");
-    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
-        panic!("unexpected reflection response: {response:?}");
-    };
-    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    assert_listed(&names);
+    assert_listed(&listed_services!(v1alpha));
 }
 
 fn assert_listed(names: &[String]) {
