@@ -37,7 +37,7 @@
 //! - [`proto`] — the generated code of `kalshi.replay.v1`, the hand-encoded batch messages, the descriptor set.
 //! - [`error`] — the error enum and its single mapping to gRPC status codes.
 //! - [`time`] — Timestamp <-> chrono conversions; [`token`] — opaque page and resume tokens; [`decimal`] — exact
-//!   parsing of Kalshi's fixed-point strings; [`generate`] — the deterministic synthetic dataset;
+//!   parsing of Kalshi's fixed-point strings; [`limits`] — every limit the server enforces; [`generate`] — the deterministic synthetic dataset;
 //!   [`telemetry`] — logging.
 
 pub mod app;
@@ -48,6 +48,7 @@ pub mod error;
 pub mod generate;
 pub mod import;
 pub mod ingest;
+pub mod limits;
 pub mod proto;
 pub mod reference;
 pub mod replay;

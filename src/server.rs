@@ -9,6 +9,7 @@ use tonic::{server::NamedService, transport::Server, transport::server::TcpIncom
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
+    limits::Limits,
     error::Error,
     ingest::IngestApi,
     proto::{
@@ -29,11 +30,13 @@ pub struct ServerOptions {
     pub partitions_ahead: u32,
     /// How often health re-checks the database.
     pub health_interval: Duration,
+    /// The limits the services enforce.
+    pub limits: Limits,
 }
 
 impl Default for ServerOptions {
     fn default() -> Self {
-        Self { partitions_ahead: 7, health_interval: Duration::from_secs(5) }
+        Self { partitions_ahead: 7, health_interval: Duration::from_secs(5), limits: Limits::default() }
     }
 }
 
@@ -82,9 +85,9 @@ pub async fn run(
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(ReferenceServiceServer::new(ReferenceApi::new(pool.clone(), cache)))
-        .add_service(ReplayServiceServer::new(ReplayApi::new(pool.clone())))
-        .add_service(IngestServiceServer::new(IngestApi::new(pool)))
+        .add_service(ReferenceServiceServer::new(ReferenceApi::new(pool.clone(), cache, options.limits.clone())))
+        .add_service(ReplayServiceServer::new(ReplayApi::new(pool.clone(), options.limits.clone())))
+        .add_service(IngestServiceServer::new(IngestApi::new(pool, options.limits.clone())))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     for task in background {

@@ -17,6 +17,7 @@ use self::{
     write::{PendingWrite, RowBuffer, Stored},
 };
 use crate::{
+    limits::Limits,
     error::Error,
     proto::{
         IngestLifecycleRequest, IngestLifecycleResponse, IngestOrderbookRequest, IngestOrderbookResponse,
@@ -31,12 +32,13 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct IngestApi {
     pool: Pool,
+    limits: Limits,
 }
 
 impl IngestApi {
-    /// A service writing to `pool`.
-    pub fn new(pool: Pool) -> Self {
-        Self { pool }
+    /// A service writing to `pool`, within `limits`.
+    pub fn new(pool: Pool, limits: Limits) -> Self {
+        Self { pool, limits }
     }
 
     /// Stores the items of every message of a client stream of one fact kind; returns the counts and the

@@ -19,6 +19,7 @@ use tokio_postgres::{
 use tonic::{Request, Response, Status};
 
 use crate::{
+    limits::Limits,
     error::Error,
     proto::{
         Event, GetCoverageRequest, GetCoverageResponse, GetEventRequest, GetEventResponse, GetMarketRequest,
@@ -56,12 +57,13 @@ pub struct ReferenceApi {
     pool: Pool,
     /// Lookups by key; served only while its listener listens (see [`crate::reference::cache`]).
     cache: ReferenceCache,
+    limits: Limits,
 }
 
 impl ReferenceApi {
-    /// A service reading from `pool`, keeping lookups by key in `cache`.
-    pub fn new(pool: Pool, cache: ReferenceCache) -> Self {
-        Self { pool, cache }
+    /// A service reading from `pool`, keeping lookups by key in `cache`, within `limits`.
+    pub fn new(pool: Pool, cache: ReferenceCache, limits: Limits) -> Self {
+        Self { pool, cache, limits }
     }
 
     /// Runs one query and maps its rows.

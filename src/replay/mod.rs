@@ -32,6 +32,7 @@ pub mod trades;
 use tonic::{Request, Response, Status, codegen::BoxStream};
 
 use crate::{
+    limits::Limits,
     proto::{
         StreamCandlesRequest, StreamCandlesResponse, StreamTradesRequest, StreamTradesResponse,
         replay_service_server::ReplayService,
@@ -43,12 +44,13 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct ReplayApi {
     pool: Pool,
+    limits: Limits,
 }
 
 impl ReplayApi {
-    /// A service reading from `pool`.
-    pub fn new(pool: Pool) -> Self {
-        Self { pool }
+    /// A service reading from `pool`, within `limits`.
+    pub fn new(pool: Pool, limits: Limits) -> Self {
+        Self { pool, limits }
     }
 }
 
@@ -59,7 +61,7 @@ impl ReplayService for ReplayApi {
         &self,
         request: Request<StreamTradesRequest>,
     ) -> Result<Response<BoxStream<StreamTradesResponse>>, Status> {
-        runner::start::<trades::TradeStream>(&self.pool, request).await
+        runner::start::<trades::TradeStream>(&self.pool, &self.limits, request).await
     }
 
     #[tracing::instrument(skip_all)]
@@ -67,6 +69,6 @@ impl ReplayService for ReplayApi {
         &self,
         request: Request<StreamCandlesRequest>,
     ) -> Result<Response<BoxStream<StreamCandlesResponse>>, Status> {
-        runner::start::<candles::CandleStream>(&self.pool, request).await
+        runner::start::<candles::CandleStream>(&self.pool, &self.limits, request).await
     }
 }

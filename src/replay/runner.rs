@@ -13,7 +13,7 @@ use super::{
     request::{self, StreamRequest, StreamSpec},
     snapshot::Snapshot,
 };
-use crate::{error::Error, proto::StreamSummary, store::db::Pool, token};
+use crate::{error::Error, limits::Limits, proto::StreamSummary, store::db::Pool, token};
 
 /// Messages buffered between a stream's database reader and its gRPC sender. Small: memory per stream is about
 /// this many batches, whatever the range.
@@ -45,6 +45,7 @@ pub(crate) trait StreamBody: Sized + Send + 'static {
 /// status), and spawns the task that runs the body; the response streams what that task sends.
 pub(crate) async fn start<B: StreamBody>(
     pool: &Pool,
+    limits: &Limits,
     request: Request<B::Request>,
 ) -> Result<Response<BoxStream<B::Response>>, Status> {
     let deadline = request::deadline(request.metadata());

@@ -219,7 +219,11 @@ impl TestApp {
     }
 
     pub async fn start() -> Self {
-        Self::start_with(ServerOptions { partitions_ahead: 2, health_interval: Duration::from_millis(200) }, TIMEOUT)
+        Self::start_with(ServerOptions {
+            partitions_ahead: 2,
+            health_interval: Duration::from_millis(200),
+            ..ServerOptions::default()
+        }, TIMEOUT)
             .await
     }
 
