@@ -12,7 +12,7 @@ use crate::{
     config::{DatasetArgs, DbArgs, DemoArgs, GenerateArgs, ImportArgs, ServeArgs},
     error::Error,
     generate, import,
-    server::{self, ServerOptions},
+    server::{self, Pools, ServerOptions},
     store::db::Database,
     store::migrate,
     store::partitions,
@@ -114,13 +114,17 @@ async fn serve_on(db: &Database, client: Client, args: &ServeArgs, on_listening:
     partitions::ensure_ahead(&client, Utc::now(), args.partitions_ahead).await?;
     drop(client);
     let shutdown = shutdown_signal()?;
-    let pool = db.pool(args.db.pool_size, timeout).await?;
+    let pools = Pools::open(db, args.db.pool_size, args.lookup_pool_size, timeout).await?;
     let listener =
         TcpListener::bind(args.listen).await.map_err(|e| Error::io(format!("listen on {}", args.listen), e))?;
     let local = listener.local_addr().map_err(|e| Error::io("read listener address", e))?;
     on_listening(local);
-    let options = ServerOptions { partitions_ahead: args.partitions_ahead, ..ServerOptions::default() };
-    server::run(listener, pool, options, shutdown).await
+    let options = ServerOptions {
+        partitions_ahead: args.partitions_ahead,
+        limits: args.limits.limits(args.partitions_ahead),
+        ..ServerOptions::default()
+    };
+    server::run(listener, pools, options, shutdown).await
 }
 
 pub(crate) async fn count_markets(client: &Client) -> Result<i64, Error> {

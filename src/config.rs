@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use chrono::NaiveDate;
 use clap::{Args, Parser, Subcommand};
 
-use crate::{generate::DatasetSpec, import::ProgressMode, store::db};
+use crate::{generate::DatasetSpec, import::ProgressMode, limits::Limits, store::db};
 
 /// Stores Kalshi market history in PostgreSQL and replays it deterministically over gRPC.
 #[derive(Debug, Parser)]
@@ -46,8 +46,9 @@ pub struct DbArgs {
     /// Directory of the private PostgreSQL (used only when --database-url is unset). Data survives restarts.
     #[arg(long, env = "KALSHI_REPLAY_DATA_DIR", default_value = ".kalshi-replay")]
     pub data_dir: PathBuf,
-    /// Maximum number of pooled database connections.
-    #[arg(long, env = "KALSHI_REPLAY_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    /// Maximum number of pooled database connections (for `serve`: streams and writes; at least 2 x --max-streams
+    /// + --max-writes, so that admitted work never waits for a connection).
+    #[arg(long, env = "KALSHI_REPLAY_POOL_SIZE", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub pool_size: u32,
     /// How long to wait for the database at start-up and for a pooled connection, e.g. `10s`, `500ms`.
     #[arg(long, env = "KALSHI_REPLAY_CONNECT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -74,9 +75,71 @@ pub struct ServeArgs {
     /// Address to serve gRPC on.
     #[arg(long, env = "KALSHI_REPLAY_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
-    /// How many UTC days ahead of today the server keeps daily partitions created.
+    /// How many UTC days ahead of today the server keeps daily partitions created; facts dated later are refused.
     #[arg(long, env = "KALSHI_REPLAY_PARTITIONS_AHEAD", default_value_t = 7, value_parser = clap::value_parser!(u32).range(0..=366))]
     pub partitions_ahead: u32,
+    /// Pooled connections for lookups and health, apart from --pool-size (streams and writes), so that they never
+    /// wait behind streams.
+    #[arg(long, env = "KALSHI_REPLAY_LOOKUP_POOL_SIZE", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub lookup_pool_size: u32,
+    /// Limits.
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// The server's limits (see the README's "Limits and failure behaviour").
+#[derive(Debug, Clone, Args)]
+pub struct LimitArgs {
+    /// Replay streams running at once, all clients together; beyond it RESOURCE_EXHAUSTED.
+    #[arg(long, env = "KALSHI_REPLAY_MAX_STREAMS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_streams: u32,
+    /// Replay streams running at once on one client connection; beyond it RESOURCE_EXHAUSTED.
+    #[arg(long, env = "KALSHI_REPLAY_MAX_STREAMS_PER_CONNECTION", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_streams_per_connection: u32,
+    /// Writes (Ingest* client streams and Upsert* batches) running at once; beyond it RESOURCE_EXHAUSTED.
+    #[arg(long, env = "KALSHI_REPLAY_MAX_WRITES", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_writes: u32,
+    /// A stream whose client reads nothing for this long is ended with UNAVAILABLE, e.g. `60s`.
+    #[arg(long, env = "KALSHI_REPLAY_STREAM_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub stream_idle_timeout: Duration,
+    /// At shutdown, how long streams in flight may still run before they end with UNAVAILABLE, e.g. `10s`.
+    #[arg(long, env = "KALSHI_REPLAY_SHUTDOWN_DRAIN", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_drain: Duration,
+    /// Largest request message the server decodes, in bytes; a larger one is refused (OUT_OF_RANGE).
+    #[arg(long, env = "KALSHI_REPLAY_MAX_REQUEST_BYTES", default_value_t = 16 << 20)]
+    pub max_request_bytes: usize,
+    /// Largest response message the server encodes, in bytes.
+    #[arg(long, env = "KALSHI_REPLAY_MAX_RESPONSE_BYTES", default_value_t = 64 << 20)]
+    pub max_response_bytes: usize,
+    /// HTTP/2 calls open at once on one client connection.
+    #[arg(long, env = "KALSHI_REPLAY_MAX_CALLS_PER_CONNECTION", default_value_t = 256)]
+    pub max_calls_per_connection: u32,
+    /// HTTP/2 keepalive: a ping after this much silence on a connection, e.g. `30s`.
+    #[arg(long, env = "KALSHI_REPLAY_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub keepalive_interval: Duration,
+    /// HTTP/2 keepalive: a connection whose ping is not answered this soon is closed, e.g. `20s`.
+    #[arg(long, env = "KALSHI_REPLAY_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub keepalive_timeout: Duration,
+}
+
+impl LimitArgs {
+    /// The server's limits: these flags over the defaults of the rest.
+    pub fn limits(&self, partitions_ahead: u32) -> Limits {
+        Limits {
+            max_streams: self.max_streams as usize,
+            max_streams_per_connection: self.max_streams_per_connection as usize,
+            max_writes: self.max_writes as usize,
+            stream_idle_timeout: self.stream_idle_timeout,
+            shutdown_drain: self.shutdown_drain,
+            max_decoding_message_bytes: self.max_request_bytes,
+            max_encoding_message_bytes: self.max_response_bytes,
+            max_concurrent_streams_per_connection: self.max_calls_per_connection,
+            keepalive_interval: self.keepalive_interval,
+            keepalive_timeout: self.keepalive_timeout,
+            max_fact_days_ahead: partitions_ahead,
+            ..Limits::default()
+        }
+    }
 }
 
 /// The shape of a synthetic dataset.

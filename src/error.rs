@@ -31,6 +31,16 @@ pub enum Error {
     /// The client's deadline (grpc-timeout) passed while its stream was still running.
     #[error("deadline exceeded; resume with the last resume_token received")]
     DeadlineExceeded,
+    /// A stream's client read nothing for the idle timeout; the stream was ended to free its connections.
+    #[error(
+        "stream ended: the client read nothing for {} s (--stream-idle-timeout); resume with the last resume_token \
+         received",
+        .0.as_secs_f64()
+    )]
+    StreamIdle(std::time::Duration),
+    /// The server is shutting down: new streams are refused and streams in flight end after the drain's grace.
+    #[error("the server is shutting down; resume with the last resume_token received, on another server or later")]
+    ShuttingDown,
     /// The database sent data this server cannot read (a bug, or a schema this binary does not know).
     #[error("malformed data from the database: {0}")]
     Malformed(String),
@@ -175,6 +185,7 @@ impl From<Error> for Status {
             Error::NotFound { .. } => Status::not_found(e.to_string()),
             Error::ResourceExhausted(_) => Status::resource_exhausted(e.to_string()),
             Error::DeadlineExceeded => Status::deadline_exceeded(e.to_string()),
+            Error::StreamIdle(_) | Error::ShuttingDown => Status::unavailable(e.to_string()),
             Error::Pool(ref reason) => {
                 tracing::warn!(%reason, "no database connection");
                 Status::unavailable("database unavailable, retry later")
@@ -241,6 +252,8 @@ mod tests {
             (Error::PrivatePostgres(PgError::NoBinaries), Code::Internal, None),
             (Error::Malformed("secret bytes".into()), Code::Internal, None),
             (Error::DeadlineExceeded, Code::DeadlineExceeded, Some("resume_token")),
+            (Error::StreamIdle(std::time::Duration::from_secs(60)), Code::Unavailable, Some("--stream-idle-timeout")),
+            (Error::ShuttingDown, Code::Unavailable, Some("shutting down")),
         ];
         for (error, code, must_contain) in cases {
             let shown = error.to_string();

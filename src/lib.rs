@@ -12,6 +12,8 @@
 //!   open/migrate/stop frame of the database.
 //! - [`bench`] — `bench`: one module per target (reference, replay, candles, ingest) over shared helpers
 //!   (database frame, dataset, server child, psql COPY, stream drain, median).
+//! - [`admission`] — caps on concurrent streams (in all and per connection) and writes, second readers, the
+//!   drain at shutdown.
 //! - [`server`] — the tonic server: the three services, health per service, reflection v1/v1alpha, background
 //!   tasks.
 //!
@@ -40,6 +42,7 @@
 //!   parsing of Kalshi's fixed-point strings; [`limits`] — every limit the server enforces; [`generate`] — the deterministic synthetic dataset;
 //!   [`telemetry`] — logging.
 
+pub mod admission;
 pub mod app;
 pub mod bench;
 pub mod config;

@@ -1,6 +1,9 @@
 //! The gRPC server: the three services, health per service, reflection (v1 and v1alpha), and the background tasks
-//! that live as long as it does (health watcher, partition maintenance, the reference cache's listener). `run` takes a bound listener and a shutdown future, so tests bind port 0 and own
-//! the shutdown.
+//! that live as long as it does (health watcher, partition maintenance, the reference cache's listener). `run`
+//! takes a bound listener, the pools and a shutdown future, so tests bind port 0 and own the shutdown.
+//!
+//! Two pools: streams and writes take their connections from `data`, under the admission caps; lookups and
+//! health from `lookups`, so that they never wait behind streams, however many clients stall.
 
 use std::{future::Future, time::Duration};
 
@@ -9,9 +12,10 @@ use tonic::{server::NamedService, transport::Server, transport::server::TcpIncom
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
-    limits::Limits,
+    admission::Admission,
     error::Error,
     ingest::IngestApi,
+    limits::Limits,
     proto::{
         FILE_DESCRIPTOR_SET, ingest_service_server::IngestServiceServer,
         reference_service_server::ReferenceServiceServer, replay_service_server::ReplayServiceServer,
@@ -19,11 +23,27 @@ use crate::{
     reference::ReferenceApi,
     reference::cache::ReferenceCache,
     replay::ReplayApi,
-    store::db::Pool,
+    store::db::{Database, Pool},
     store::partitions,
 };
 
-/// Server settings that are not the listener or the pool.
+/// The server's connection pools.
+#[derive(Debug, Clone)]
+pub struct Pools {
+    /// Streams, writes and partition maintenance, under the admission caps.
+    pub data: Pool,
+    /// Lookups (ReferenceService) and health.
+    pub lookups: Pool,
+}
+
+impl Pools {
+    /// A pool of `data` connections and one of `lookups` connections to `db`.
+    pub async fn open(db: &Database, data: u32, lookups: u32, timeout: Duration) -> Result<Self, Error> {
+        Ok(Self { data: db.pool(data, timeout).await?, lookups: db.pool(lookups, timeout).await? })
+    }
+}
+
+/// Server settings that are not the listener or the pools.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
     /// UTC days ahead of today to keep partitions created.
@@ -40,6 +60,9 @@ impl Default for ServerOptions {
     }
 }
 
+/// After the drain at shutdown, how long the server still waits for ended streams to reach their clients.
+const FLUSH_AFTER_DRAIN: Duration = Duration::from_secs(1);
+
 /// How long one health check of the database may take.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -54,10 +77,21 @@ const SERVICE_NAMES: [&str; 4] = [
 /// Serves until `shutdown` completes, then stops accepting, lets in-flight calls finish and returns.
 pub async fn run(
     listener: TcpListener,
-    pool: Pool,
+    pools: Pools,
     options: ServerOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
+    let limits = options.limits.clone();
+    let admission = Admission::new(&limits);
+    let (pool_size, needed) = (pools.data.config().max_size as usize, Admission::pool_needed(&limits));
+    if pool_size < needed {
+        tracing::warn!(
+            pool_size,
+            needed,
+            "--pool-size is below 2 x --max-streams + --max-writes: admitted streams and writes may wait for \
+             connections"
+        );
+    }
     let (reporter, health) = tonic_health::server::health_reporter();
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -74,22 +108,54 @@ pub async fn run(
     }
     let cache = ReferenceCache::default();
     let background = [
-        tokio::spawn(watch_database(pool.clone(), reporter, options.health_interval)),
-        tokio::spawn(partitions::maintain(pool.clone(), options.partitions_ahead)),
-        tokio::spawn(cache.clone().listen(pool.clone())),
+        tokio::spawn(watch_database(pools.lookups.clone(), reporter, options.health_interval)),
+        tokio::spawn(partitions::maintain(pools.data.clone(), options.partitions_ahead)),
+        tokio::spawn(cache.clone().listen(pools.lookups.clone())),
     ];
     let local = listener.local_addr().map_err(|e| Error::io("read listener address", e))?;
     tracing::info!(%local, "serving grpc");
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let served = Server::builder()
+    let (decode, encode) = (limits.max_decoding_message_bytes, limits.max_encoding_message_bytes);
+    let reference = ReferenceServiceServer::new(ReferenceApi::new(pools.lookups.clone(), cache, limits.clone()))
+        .max_decoding_message_size(decode)
+        .max_encoding_message_size(encode);
+    let replay = ReplayServiceServer::new(ReplayApi::new(pools.data.clone(), admission.clone(), limits.clone()))
+        .max_decoding_message_size(decode)
+        .max_encoding_message_size(encode);
+    let ingest = IngestServiceServer::new(IngestApi::new(pools.data.clone(), admission.clone(), limits.clone()))
+        .max_decoding_message_size(decode)
+        .max_encoding_message_size(encode);
+    // at the shutdown signal: stop accepting, refuse new streams, and end those in flight after the drain's
+    // grace (tonic waits for in-flight calls before `serve` returns)
+    let draining = async {
+        shutdown.await;
+        tracing::info!(grace = ?limits.shutdown_drain, "draining streams");
+        admission.begin_drain(limits.shutdown_drain);
+    };
+    let serving = Server::builder()
+        .max_concurrent_streams(limits.max_concurrent_streams_per_connection)
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(ReferenceServiceServer::new(ReferenceApi::new(pool.clone(), cache, options.limits.clone())))
-        .add_service(ReplayServiceServer::new(ReplayApi::new(pool.clone(), options.limits.clone())))
-        .add_service(IngestServiceServer::new(IngestApi::new(pool, options.limits.clone())))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await;
+        .add_service(reference)
+        .add_service(replay)
+        .add_service(ingest)
+        .serve_with_incoming_shutdown(incoming, draining);
+    // A stream ended by the drain may still wait for its client to read what the transport holds, and tonic's
+    // graceful stop waits for it: once the drain's grace (and a moment to flush) has passed, stop regardless.
+    // The connections' tasks then end with the process; a client that reads again gets UNAVAILABLE.
+    let served = tokio::select! {
+        served = serving => served,
+        () = async {
+            admission.drained().await;
+            tokio::time::sleep(FLUSH_AFTER_DRAIN).await;
+        } => {
+            tracing::warn!("clients still held streams after the drain; stopping without them");
+            Ok(())
+        }
+    };
     for task in background {
         task.abort();
     }

@@ -35,7 +35,7 @@ use crate::{
         ListEventsRequest, ListMarketsRequest, ListSeriesRequest, ListSettlementsRequest, ListSettlementsResponse,
         reference_service_client::ReferenceServiceClient,
     },
-    server::{self, ServerOptions},
+    server::{self, Pools, ServerOptions},
 };
 
 type Client = ReferenceServiceClient<Channel>;
@@ -95,11 +95,12 @@ async fn in_process(args: BenchReferenceArgs, interrupted: impl Future<Output = 
             load_demo(&mut client, &args).await?;
         }
         drop(client);
-        let pool = db.pool(args.db.pool_size, args.db.connect_timeout).await?;
+        // lookups get the whole --pool-size, as the figures of earlier runs did
+        let pools = Pools::open(db, args.db.pool_size, args.db.pool_size, args.db.connect_timeout).await?;
         let listener = TcpListener::bind("127.0.0.1:0").await.map_err(|e| Error::io("listen on 127.0.0.1:0", e))?;
         let local = listener.local_addr().map_err(|e| Error::io("read listener address", e))?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let served = tokio::spawn(server::run(listener, pool, ServerOptions::default(), async {
+        let served = tokio::spawn(server::run(listener, pools, ServerOptions::default(), async {
             let _ = stopped.await;
         }));
         let measured = interruptible(measure(&format!("http://{local}"), &args, true), interrupted).await;

@@ -16,9 +16,12 @@ use self::{
     validate::At,
     write::{PendingWrite, RowBuffer, Stored},
 };
+use tokio::sync::OwnedSemaphorePermit;
+
 use crate::{
-    limits::Limits,
+    admission::Admission,
     error::Error,
+    limits::Limits,
     proto::{
         IngestLifecycleRequest, IngestLifecycleResponse, IngestOrderbookRequest, IngestOrderbookResponse,
         IngestTradesRequest, IngestTradesResponse, UpsertCounts, UpsertEventsRequest, UpsertEventsResponse,
@@ -32,13 +35,30 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct IngestApi {
     pool: Pool,
+    admission: Admission,
     limits: Limits,
 }
 
 impl IngestApi {
-    /// A service writing to `pool`, within `limits`.
-    pub fn new(pool: Pool, limits: Limits) -> Self {
-        Self { pool, limits }
+    /// A service writing to `pool`, admitting writes with `admission`, within `limits`.
+    pub fn new(pool: Pool, admission: Admission, limits: Limits) -> Self {
+        Self { pool, admission, limits }
+    }
+
+    /// A write admitted under the cap on concurrent writes (RESOURCE_EXHAUSTED beyond it); the permit is held
+    /// until the write is answered.
+    fn begin(&self) -> Result<(PendingWrite, OwnedSemaphorePermit), Error> {
+        let permit = self.admission.write()?;
+        Ok((PendingWrite::new(&self.pool), permit))
+    }
+
+    /// The client stream's next message; at shutdown, once the drain's grace has passed, UNAVAILABLE (the write
+    /// is not stored).
+    async fn next_message<M>(&self, stream: &mut Streaming<M>) -> Result<Option<M>, Status> {
+        tokio::select! {
+            message = stream.message() => message,
+            () = self.admission.drained() => Err(Error::ShuttingDown.into()),
+        }
     }
 
     /// Stores the items of every message of a client stream of one fact kind; returns the counts and the
@@ -50,10 +70,10 @@ impl IngestApi {
         items: fn(&M) -> &[P],
         validate: fn(At, &P) -> Result<R, Error>,
     ) -> Result<(Stored, i64), Status> {
-        let mut write = PendingWrite::new(&self.pool);
+        let (mut write, _permit) = self.begin()?;
         let mut batch = RowBuffer::default();
         let mut index = 0;
-        while let Some(message) = stream.message().await? {
+        while let Some(message) = self.next_message(&mut stream).await? {
             for item in items(&message) {
                 batch.push(&mut write, validate(At::item(kind, index), item)?).await?;
                 index += 1;
@@ -74,7 +94,7 @@ impl IngestApi {
         let now = Utc::now();
         let rows = items.iter().enumerate().map(|(i, item)| validate(At::item(kind, i), item, now));
         let rows: Vec<R> = rows.collect::<Result<_, _>>()?;
-        let mut write = PendingWrite::new(&self.pool);
+        let (mut write, _permit) = self.begin()?;
         let mut batch = RowBuffer::default();
         for row in rows {
             batch.push(&mut write, row).await?;
@@ -103,10 +123,10 @@ impl IngestService for IngestApi {
         request: Request<Streaming<IngestOrderbookRequest>>,
     ) -> Result<Response<IngestOrderbookResponse>, Status> {
         let mut stream = request.into_inner();
-        let mut write = PendingWrite::new(&self.pool);
+        let (mut write, _permit) = self.begin()?;
         let (mut snapshots, mut deltas) = (RowBuffer::default(), RowBuffer::default());
         let (mut s, mut d) = (0, 0);
-        while let Some(message) = stream.message().await? {
+        while let Some(message) = self.next_message(&mut stream).await? {
             for snapshot in &message.snapshots {
                 snapshots.push(&mut write, validate::snapshot(At::item("snapshots", s), snapshot)?).await?;
                 s += 1;

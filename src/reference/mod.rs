@@ -19,8 +19,8 @@ use tokio_postgres::{
 use tonic::{Request, Response, Status};
 
 use crate::{
-    limits::Limits,
     error::Error,
+    limits::Limits,
     proto::{
         Event, GetCoverageRequest, GetCoverageResponse, GetEventRequest, GetEventResponse, GetMarketRequest,
         GetMarketResponse, GetSeriesRequest, GetSeriesResponse, GetSettlementRequest, GetSettlementResponse,

@@ -32,6 +32,7 @@ pub mod trades;
 use tonic::{Request, Response, Status, codegen::BoxStream};
 
 use crate::{
+    admission::Admission,
     limits::Limits,
     proto::{
         StreamCandlesRequest, StreamCandlesResponse, StreamTradesRequest, StreamTradesResponse,
@@ -44,13 +45,14 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct ReplayApi {
     pool: Pool,
+    admission: Admission,
     limits: Limits,
 }
 
 impl ReplayApi {
-    /// A service reading from `pool`, within `limits`.
-    pub fn new(pool: Pool, limits: Limits) -> Self {
-        Self { pool, limits }
+    /// A service reading from `pool`, admitting streams with `admission`, within `limits`.
+    pub fn new(pool: Pool, admission: Admission, limits: Limits) -> Self {
+        Self { pool, admission, limits }
     }
 }
 
@@ -61,7 +63,7 @@ impl ReplayService for ReplayApi {
         &self,
         request: Request<StreamTradesRequest>,
     ) -> Result<Response<BoxStream<StreamTradesResponse>>, Status> {
-        runner::start::<trades::TradeStream>(&self.pool, &self.limits, request).await
+        runner::start::<trades::TradeStream>(&self.pool, &self.admission, &self.limits, request).await
     }
 
     #[tracing::instrument(skip_all)]
@@ -69,6 +71,6 @@ impl ReplayService for ReplayApi {
         &self,
         request: Request<StreamCandlesRequest>,
     ) -> Result<Response<BoxStream<StreamCandlesResponse>>, Status> {
-        runner::start::<candles::CandleStream>(&self.pool, &self.limits, request).await
+        runner::start::<candles::CandleStream>(&self.pool, &self.admission, &self.limits, request).await
     }
 }

@@ -16,7 +16,7 @@ use kalshi_replay::{
     proto::{
         StreamCandlesResponse, StreamSummary, StreamTradesResponse, stream_candles_response, stream_trades_response,
     },
-    server::{self, ServerOptions},
+    server::{self, Pools, ServerOptions},
     store::db::{self, Database},
     store::migrate::{self, MIGRATIONS},
     store::pg::PrivatePostgres,
@@ -219,22 +219,30 @@ impl TestApp {
     }
 
     pub async fn start() -> Self {
-        Self::start_with(ServerOptions {
-            partitions_ahead: 2,
-            health_interval: Duration::from_millis(200),
-            ..ServerOptions::default()
-        }, TIMEOUT)
-            .await
+        Self::start_with(
+            ServerOptions {
+                partitions_ahead: 2,
+                health_interval: Duration::from_millis(200),
+                ..ServerOptions::default()
+            },
+            TIMEOUT,
+        )
+        .await
     }
 
     /// With other server options and pool connection timeout.
     pub async fn start_with(options: ServerOptions, pool_timeout: Duration) -> Self {
+        Self::start_with_pools(options, (4, 2), pool_timeout).await
+    }
+
+    /// With other server options, pool sizes (data, lookups) and pool connection timeout.
+    pub async fn start_with_pools(options: ServerOptions, (data, lookups): (u32, u32), pool_timeout: Duration) -> Self {
         let db = TestDb::migrated().await;
-        let pool = db.database().pool(4, pool_timeout).await.expect("pool");
+        let pools = Pools::open(&db.database(), data, lookups, pool_timeout).await.expect("pools");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = oneshot::channel();
-        let served = tokio::spawn(server::run(listener, pool, options, async {
+        let served = tokio::spawn(server::run(listener, pools, options, async {
             let _ = rx.await;
         }));
         Self { addr, shutdown: Some(tx), served: Some(served), db }
