@@ -126,16 +126,17 @@ impl StreamBody for CandleStream {
                                     trade.count_centi,
                                 ));
                                 reader.consume(&tuple);
+                                out.send_ready(&mut aggregator, after.as_ref(), &mut position, resume, tx).await?;
                             }
                         }
                         SegmentRows::Buckets => {
                             while let Some(tuple) = reader.next_tuple::<10>()? {
                                 aggregator.push(aggregates::parse(&reader, &tuple)?);
                                 reader.consume(&tuple);
+                                out.send_ready(&mut aggregator, after.as_ref(), &mut position, resume, tx).await?;
                             }
                         }
                     }
-                    out.send_ready(&mut aggregator, after.as_ref(), &mut position, resume, tx).await?;
                 }
             }
             reader.finish()?;
@@ -199,7 +200,10 @@ struct CandleBatcher {
 
 impl CandleBatcher {
     /// Moves the aggregator's finished candles into batches, skipping those a resumed stream delivered before,
-    /// and sends every full batch.
+    /// and sends every full batch. Called after every push: the aggregator makes the filled candles of a gap as
+    /// they are taken here, so a gap of any length costs one batch of memory, and waiting on the channel is what
+    /// paces it. Each candle also takes from the task's cooperative budget, so that a run of candles the client
+    /// already had (skipped, never sent) still lets the runtime notice a cancelled stream.
     async fn send_ready(
         &mut self,
         aggregator: &mut Aggregator,
@@ -209,6 +213,7 @@ impl CandleBatcher {
         tx: &mpsc::Sender<Result<StreamCandlesResponse, Status>>,
     ) -> Result<(), Abort> {
         for candle in aggregator.drain() {
+            tokio::task::coop::consume_budget().await;
             if after.is_some_and(|(period, ticker)| (candle.period_start, candle.ticker.as_str()) <= (*period, ticker))
             {
                 continue;
