@@ -2,7 +2,11 @@
 //! snapshot, and run the stream's body on a task that sends into a bounded channel, until it completes, the
 //! client goes away or the deadline passes; then stop the database work and give the connection back.
 
-use std::pin::pin;
+use std::{
+    panic::{AssertUnwindSafe, catch_unwind},
+    pin::pin,
+    task::Poll,
+};
 
 use tokio::{sync::mpsc, time::Instant};
 use tokio_stream::wrappers::ReceiverStream;
@@ -85,8 +89,22 @@ enum Outcome {
     Deadline,
 }
 
+/// What a panic carried, for the log: its message when it is text.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    match (payload.downcast_ref::<&str>(), payload.downcast_ref::<String>()) {
+        (Some(text), _) => (*text).to_owned(),
+        (None, Some(text)) => text.clone(),
+        (None, None) => "a panic without a message".to_owned(),
+    }
+}
+
 /// Runs `body` until it completes, the client goes away or the deadline passes; then stops the database work
 /// and returns the connection.
+///
+/// A panic in the body is caught at each poll and ends the stream like an error: the client gets INTERNAL (a
+/// stream whose task just died would end with OK and no summary), and the snapshot is closed as after any
+/// stream that stopped early, so its connection, still in its transaction and maybe in a COPY, is discarded
+/// rather than unwound back into the pool.
 async fn run<B: StreamBody>(
     snapshot: Snapshot,
     tx: mpsc::Sender<Result<B::Response, Status>>,
@@ -95,7 +113,13 @@ async fn run<B: StreamBody>(
 ) {
     let started = Instant::now();
     let outcome = {
-        let body = pin!(body.run(&snapshot, &tx));
+        let mut body = pin!(body.run(&snapshot, &tx));
+        // the body is never polled again after it panicked: the select ends on that poll
+        let body = std::future::poll_fn(|cx| match catch_unwind(AssertUnwindSafe(|| body.as_mut().poll(cx))) {
+            Ok(Poll::Ready(result)) => Poll::Ready(Ok(result)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(panic) => Poll::Ready(Err(panic)),
+        });
         let expiry = async {
             match deadline {
                 Some(deadline) => tokio::time::sleep_until(deadline).await,
@@ -104,9 +128,10 @@ async fn run<B: StreamBody>(
         };
         tokio::select! {
             result = body => match result {
-                Ok(()) => Outcome::Complete,
-                Err(Abort::Failed(e)) => Outcome::Failed(e),
-                Err(Abort::ClientGone) => Outcome::ClientGone,
+                Ok(Ok(())) => Outcome::Complete,
+                Ok(Err(Abort::Failed(e))) => Outcome::Failed(e),
+                Ok(Err(Abort::ClientGone)) => Outcome::ClientGone,
+                Err(panic) => Outcome::Failed(Error::Panic(panic_message(panic.as_ref()))),
             },
             () = tx.closed() => Outcome::ClientGone,
             () = expiry => Outcome::Deadline,
