@@ -159,3 +159,127 @@ async fn run<B: StreamBody>(
 pub(crate) fn summary(count: i64, hash: &ContentHash, watermark: i64) -> StreamSummary {
     StreamSummary { item_count: count, content_hash: hash.finish().to_vec(), watermark }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio_postgres::Config;
+
+    use super::*;
+    use crate::{
+        proto::{StreamTradesRequest, StreamTradesResponse},
+        store::{db, migrate, pg::PrivatePostgres},
+    };
+
+    /// A stream body that sends one message, leaves its snapshot's connection mid-transaction, and panics: a bug
+    /// anywhere in a real body.
+    #[derive(Debug)]
+    struct Panicking(StreamSpec);
+
+    impl StreamBody for Panicking {
+        type Request = StreamTradesRequest;
+        type Response = StreamTradesResponse;
+        const KIND: token::Kind = token::Kind::Trades;
+
+        fn new(_: &StreamTradesRequest, spec: StreamSpec) -> Result<Self, Error> {
+            Ok(Self(spec))
+        }
+
+        fn spec(&self) -> &StreamSpec {
+            &self.0
+        }
+
+        async fn run(
+            self,
+            snapshot: &Snapshot,
+            tx: &mpsc::Sender<Result<StreamTradesResponse, Status>>,
+        ) -> Result<(), Abort> {
+            send(tx, StreamTradesResponse::default()).await?;
+            snapshot.conn.query_one("SELECT 1", &[]).await?;
+            panic!("a bug in a stream body");
+        }
+    }
+
+    /// The real server's database (DATABASE_URL, or this process's private cluster) with a migrated database of
+    /// this test's own, dropped at the end.
+    async fn database(name: &str) -> (Config, Config) {
+        let mut admin = match std::env::var("DATABASE_URL") {
+            Ok(url) => db::parse_url(&url).expect("DATABASE_URL"),
+            Err(_) => PrivatePostgres::shared_throwaway().await.expect("private postgres").config("postgres"),
+        };
+        admin.dbname("postgres");
+        let client = db::connect(&admin, Duration::from_secs(30)).await.expect("connect");
+        client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await.expect("drop");
+        client.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create");
+        let mut config = admin.clone();
+        config.dbname(name);
+        let mut client = db::connect(&config, Duration::from_secs(30)).await.expect("connect test database");
+        migrate::run(&mut client).await.expect("migrate");
+        client
+            .batch_execute(
+                "INSERT INTO markets (ticker, event_ticker, series_ticker, status, updated_at)
+                 VALUES ('KXA', 'KXA', 'KXA', 2, now())",
+            )
+            .await
+            .expect("a market");
+        (admin, config)
+    }
+
+    /// A panic in a stream's body reaches the client as INTERNAL, without the panic's text, after the messages
+    /// sent before it (not as a stream that ends with OK and no summary); and the snapshot's connection, left in
+    /// its transaction, is discarded, never handed back to the pool.
+    #[tokio::test]
+    async fn a_panicking_body_ends_its_stream_with_internal_and_discards_its_connection() {
+        let name = format!("kalshi_replay_runner_panic_{}", std::process::id());
+        let (admin, config) = database(&name).await;
+        let pool = db::Database::external(config.clone()).pool(2, Duration::from_secs(10)).await.expect("pool");
+        let request = StreamTradesRequest {
+            market_tickers: vec!["KXA".into()],
+            start_time: Some(prost_types::Timestamp { seconds: 1_767_571_200, nanos: 0 }),
+            end_time: Some(prost_types::Timestamp { seconds: 1_767_657_600, nanos: 0 }),
+            ..Default::default()
+        };
+        let spec = StreamSpec::validate(&request, token::Kind::Trades).expect("valid");
+        let body = Panicking::new(&request, spec).expect("body");
+        let snapshot = Snapshot::open(&pool, body.spec()).await.expect("snapshot");
+        let (tx, mut rx) = mpsc::channel(CHANNEL_DEPTH);
+        // spawned as `start` does: a panic that escaped would end this task, not the test
+        let task = tokio::spawn(run(snapshot, tx, None, body));
+
+        assert!(matches!(rx.recv().await, Some(Ok(_))), "the message sent before the panic");
+        let status = match rx.recv().await {
+            Some(Err(status)) => status,
+            other => panic!("the stream must end with an error status, not {other:?}"),
+        };
+        assert_eq!(status.code(), tonic::Code::Internal, "{status:?}");
+        assert_eq!(status.message(), "internal error", "no internals reach the client");
+        assert!(rx.recv().await.is_none(), "nothing after the status");
+        assert!(task.await.is_ok(), "the runner caught the panic");
+
+        // the connection left mid-transaction is gone, not idle in transaction in the pool
+        let observer = db::connect(&admin, Duration::from_secs(10)).await.expect("connect");
+        let started = std::time::Instant::now();
+        loop {
+            let dirty: i64 = observer
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND state LIKE 'idle in transaction%'",
+                    &[&name],
+                )
+                .await
+                .expect("pg_stat_activity")
+                .get(0);
+            if dirty == 0 {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(5), "{dirty} connections idle in transaction");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(pool.state().connections, 0, "the snapshot's connection left the pool");
+        let conn = pool.get().await.expect("a connection");
+        conn.query_one("SELECT 1", &[]).await.expect("the pool serves the next request");
+        drop(conn);
+        drop(pool);
+        observer.batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)")).await.expect("drop");
+    }
+}
