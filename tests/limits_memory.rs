@@ -16,7 +16,8 @@ use std::{
 use chrono::DateTime;
 use common::{TestDb, rss_kib, serve_binary, summary_of, wait_until_no_copy};
 use kalshi_replay::proto::{
-    FillPolicy, StreamCandlesRequest, replay_service_client::ReplayServiceClient, stream_candles_response::Payload,
+    FillPolicy, Layout, StreamCandlesRequest, StreamTradesRequest, replay_service_client::ReplayServiceClient,
+    stream_candles_response::Payload,
 };
 use prost_types::Timestamp;
 
@@ -193,5 +194,73 @@ async fn a_fill_over_years_of_seconds_is_paced_by_the_client_and_stops_when_canc
 
     stop.store(true, Ordering::Relaxed);
     watchdog.await.expect("watchdog");
+    server.kill().await.expect("kill server");
+}
+
+/// The largest requests the limits allow: 10,000 tickers, the largest batch, a range of fifteen years, over
+/// 10,000 markets that all traded; StreamTrades in both layouts and StreamCandles filled every second, each read
+/// slowly. The server's memory stays within the same fixed bound for each.
+#[tokio::test]
+async fn the_largest_allowed_requests_stay_within_a_fixed_bound() {
+    let db = TestDb::migrated().await;
+    db.client()
+        .await
+        .batch_execute(
+            "SELECT ensure_daily_partitions('2026-01-05Z', '2026-01-06Z');
+             INSERT INTO markets (ticker, event_ticker, series_ticker, status, close_time, updated_at)
+             SELECT 'KXWIDE-' || lpad(m::text, 5, '0'), 'KXWIDE', 'KXWIDE', 2, '2099-01-01Z', now()
+               FROM generate_series(1, 10000) AS m;
+             INSERT INTO trades (ts, ticker, trade_id, yes_price_micros, count_centi, taker_side)
+             SELECT '2026-01-05T00:00:00Z'::timestamptz + (i % 3600) * interval '1 second',
+                    'KXWIDE-' || lpad((1 + i % 10000)::text, 5, '0'), md5(i::text), 1 + i % 999999, 100, 1
+               FROM generate_series(1, 200000) AS i;",
+        )
+        .await
+        .expect("10,000 markets");
+    let tickers: Vec<String> = (1..=10_000).map(|m| format!("KXWIDE-{m:05}")).collect();
+    let (mut server, pid, channel) = serve_binary(&db.config).await;
+    let start_kib = rss_kib(pid);
+    let mut client = ReplayServiceClient::new(channel);
+    let (start, end) = (timestamp("2021-07-01T00:00:00Z"), timestamp("2036-07-01T00:00:00Z"));
+
+    for layout in [Layout::Rows, Layout::Columns] {
+        let request = StreamTradesRequest {
+            market_tickers: tickers.clone(),
+            start_time: Some(start),
+            end_time: Some(end),
+            batch_size: 16_384,
+            layout: layout as i32,
+            ..Default::default()
+        };
+        let mut stream = client.stream_trades(request).await.expect("trades").into_inner();
+        let mut peak = rss_kib(pid);
+        while stream.message().await.expect("message").is_some() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            peak = peak.max(rss_kib(pid));
+        }
+        eprintln!("StreamTrades {layout:?}, 10,000 tickers: RSS peak {} MiB (start {})", peak / 1024, start_kib / 1024);
+        assert!(peak <= start_kib + GROWTH_BOUND_KIB, "StreamTrades {layout:?}: peak {peak} KiB");
+    }
+
+    let request = StreamCandlesRequest {
+        market_tickers: tickers.clone(),
+        start_time: Some(start),
+        end_time: Some(end),
+        interval_seconds: 1,
+        fill_policy: FillPolicy::Previous as i32,
+        batch_size: 16_384,
+        ..Default::default()
+    };
+    let mut stream = client.stream_candles(request).await.expect("candles").into_inner();
+    let mut peak = rss_kib(pid);
+    for _ in 0..12 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        stream.message().await.expect("message").expect("candles");
+        peak = peak.max(rss_kib(pid));
+    }
+    eprintln!("StreamCandles filled, 10,000 tickers: RSS peak {} MiB (start {})", peak / 1024, start_kib / 1024);
+    assert!(peak <= start_kib + GROWTH_BOUND_KIB, "StreamCandles: peak {peak} KiB");
+    drop(stream);
+    wait_until_no_copy(&db.admin().await, &db.name, Duration::from_secs(2)).await;
     server.kill().await.expect("kill server");
 }

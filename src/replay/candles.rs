@@ -85,7 +85,14 @@ impl StreamBody for CandleStream {
         let StreamSpec { selection, batch, resume } = &self.spec;
         let start = selection.start.timestamp_micros();
         let end = selection.end.timestamp_micros();
-        let (mut position, after) = resume.start(snapshot.watermark, decode_key)?;
+        // a position the stream cannot have given (another interval, outside the range) is a damaged token: the
+        // fold would otherwise start at an arbitrary period, years of periods away or past the end of time
+        let first_period = self.interval.start_of(start);
+        let (mut position, after) = resume.start(snapshot.watermark, |key| {
+            decode_key(key).filter(|(period, _)| {
+                (first_period..end).contains(period) && self.interval.start_of(*period) == *period
+            })
+        })?;
         // a resumed stream reads again from the start of its last candle's period
         let from = after.as_ref().map_or(start, |(period, _)| (*period).max(start));
         let from_time = DateTime::<Utc>::from_timestamp_micros(from).unwrap_or(selection.start);
