@@ -78,6 +78,10 @@ pub enum Error {
     /// The gRPC server could not be built or stopped serving with an error.
     #[error("grpc server: {0}")]
     Serve(String),
+    /// A task of the server panicked (a bug); caught where the task is awaited, so that its request fails
+    /// instead of ending as if complete.
+    #[error("panic: {0}")]
+    Panic(String),
     /// The load generator could not run, e.g. the server to load cannot be reached or holds no data.
     #[error("bench: {0}")]
     Bench(String),
@@ -212,6 +216,7 @@ impl From<Error> for Status {
             | Error::Migration { .. }
             | Error::Serve(_)
             | Error::Bench(_)
+            | Error::Panic(_)
             | Error::Io { .. } => {
                 tracing::error!(error = %e, "internal error");
                 Status::internal("internal error")
@@ -251,6 +256,7 @@ mod tests {
             (Error::Bench("secret server detail".into()), Code::Internal, None),
             (Error::PrivatePostgres(PgError::NoBinaries), Code::Internal, None),
             (Error::Malformed("secret bytes".into()), Code::Internal, None),
+            (Error::Panic("secret invariant".into()), Code::Internal, None),
             (Error::DeadlineExceeded, Code::DeadlineExceeded, Some("resume_token")),
             (Error::StreamIdle(std::time::Duration::from_secs(60)), Code::Unavailable, Some("--stream-idle-timeout")),
             (Error::ShuttingDown, Code::Unavailable, Some("shutting down")),

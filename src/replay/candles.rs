@@ -85,7 +85,14 @@ impl StreamBody for CandleStream {
         let StreamSpec { selection, batch, resume } = &self.spec;
         let start = selection.start.timestamp_micros();
         let end = selection.end.timestamp_micros();
-        let (mut position, after) = resume.start(snapshot.watermark, decode_key)?;
+        // a position the stream cannot have given (another interval, outside the range) is a damaged token: the
+        // fold would otherwise start at an arbitrary period, years of periods away or past the end of time
+        let first_period = self.interval.start_of(start);
+        let (mut position, after) = resume.start(snapshot.watermark, |key| {
+            decode_key(key).filter(|(period, _)| {
+                (first_period..end).contains(period) && self.interval.start_of(*period) == *period
+            })
+        })?;
         // a resumed stream reads again from the start of its last candle's period
         let from = after.as_ref().map_or(start, |(period, _)| (*period).max(start));
         let from_time = DateTime::<Utc>::from_timestamp_micros(from).unwrap_or(selection.start);
@@ -126,16 +133,17 @@ impl StreamBody for CandleStream {
                                     trade.count_centi,
                                 ));
                                 reader.consume(&tuple);
+                                out.send_ready(&mut aggregator, after.as_ref(), &mut position, resume, tx).await?;
                             }
                         }
                         SegmentRows::Buckets => {
                             while let Some(tuple) = reader.next_tuple::<10>()? {
                                 aggregator.push(aggregates::parse(&reader, &tuple)?);
                                 reader.consume(&tuple);
+                                out.send_ready(&mut aggregator, after.as_ref(), &mut position, resume, tx).await?;
                             }
                         }
                     }
-                    out.send_ready(&mut aggregator, after.as_ref(), &mut position, resume, tx).await?;
                 }
             }
             reader.finish()?;
@@ -199,7 +207,10 @@ struct CandleBatcher {
 
 impl CandleBatcher {
     /// Moves the aggregator's finished candles into batches, skipping those a resumed stream delivered before,
-    /// and sends every full batch.
+    /// and sends every full batch. Called after every push: the aggregator makes the filled candles of a gap as
+    /// they are taken here, so a gap of any length costs one batch of memory, and waiting on the channel is what
+    /// paces it. Each candle also takes from the task's cooperative budget, so that a run of candles the client
+    /// already had (skipped, never sent) still lets the runtime notice a cancelled stream.
     async fn send_ready(
         &mut self,
         aggregator: &mut Aggregator,
@@ -209,6 +220,7 @@ impl CandleBatcher {
         tx: &mpsc::Sender<Result<StreamCandlesResponse, Status>>,
     ) -> Result<(), Abort> {
         for candle in aggregator.drain() {
+            tokio::task::coop::consume_budget().await;
             if after.is_some_and(|(period, ticker)| (candle.period_start, candle.ticker.as_str()) <= (*period, ticker))
             {
                 continue;

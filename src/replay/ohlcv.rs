@@ -6,10 +6,15 @@
 //! by ticker. It holds one accumulator per market that traded in the current period and, for the fill policy
 //! PREVIOUS, one small state per market that traded in the range; never a range's trades.
 //!
+//! Nor a range's candles: a gap between trades, or between the last trade and the range end, may hold any number of
+//! filled periods (a year of one-second periods is 31 million candles), so the filled candles of a gap are made
+//! one period at a time as [`drain`](Aggregator::drain) is iterated, and an iteration that stops (the sender waits
+//! for its client) resumes where it stopped. What the aggregator holds at once is one period's candles.
+//!
 //! Periods are aligned to UTC midnight (the Unix epoch is one): an interval divides 86,400 seconds, so every
 //! period lies inside one UTC day.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use crate::{
     error::Error,
@@ -132,7 +137,8 @@ pub struct MarketState {
 }
 
 /// Folds trades into candles. Feed trades with [`push`](Self::push) in the total order; take the finished
-/// candles with [`drain`](Self::drain); call [`finish`](Self::finish) after the last trade.
+/// candles with [`drain`](Self::drain) after each push; call [`finish`](Self::finish) after the last trade, and
+/// drain again.
 #[derive(Debug)]
 pub struct Aggregator {
     interval: Interval,
@@ -149,8 +155,11 @@ pub struct Aggregator {
     /// With PREVIOUS fill: the started markets not found closed yet, in ticker order (periods only ascend, so a
     /// market closed at one period stays out).
     filling: BTreeSet<String>,
-    /// Finished candles, in stream order, not yet taken.
-    ready: Vec<Candle>,
+    /// Finished candles, in stream order, not yet taken: at most one period's.
+    ready: VecDeque<Candle>,
+    /// With PREVIOUS fill, the periods still to fill, [from, until) (period starts): their empty candles follow
+    /// `ready`, and are made one period at a time as they are taken.
+    gap: Option<(i64, i64)>,
 }
 
 impl Aggregator {
@@ -169,7 +178,18 @@ impl Aggregator {
         } else {
             BTreeSet::new()
         };
-        Self { interval, fill, start, end, current: None, open: BTreeMap::new(), markets, filling, ready: Vec::new() }
+        Self {
+            interval,
+            fill,
+            start,
+            end,
+            current: None,
+            open: BTreeMap::new(),
+            markets,
+            filling,
+            ready: VecDeque::new(),
+            gap: None,
+        }
     }
 
     /// Starts a resumed stream at `period`: the periods before it were delivered, so filling starts there.
@@ -178,15 +198,17 @@ impl Aggregator {
     }
 
     /// Adds the next trade, or bucket, in the total order: ascending time, and within a market the parts of a
-    /// period in time order. Parts must lie in the range.
+    /// period in time order. Parts must lie in the range. The candles of a gap not yet drained are made here, all
+    /// at once (they depend on the state this part changes): drain after every push to keep memory bounded.
     pub fn push(&mut self, part: Part<'_>) {
         let period = self.interval.start_of(part.ts);
         match self.current {
             Some(current) if current == period => {}
             Some(current) => {
                 debug_assert!(period > current, "parts come in ascending time");
+                self.fill_gap();
                 self.close_period(current);
-                self.fill_until(current + self.interval.micros(), period);
+                self.gap = Some((current + self.interval.micros(), period));
                 self.current = Some(period);
             }
             None => self.current = Some(period),
@@ -202,22 +224,37 @@ impl Aggregator {
     /// Ends the stream: the last period with trades, then (PREVIOUS) the filled periods up to the range end.
     pub fn finish(&mut self) {
         if let Some(current) = self.current.take() {
+            self.fill_gap();
             self.close_period(current);
-            self.fill_until(current + self.interval.micros(), self.end);
+            self.gap = Some((current + self.interval.micros(), self.end));
         }
     }
 
-    /// The candles finished so far, in stream order.
-    pub fn drain(&mut self) -> std::vec::Drain<'_, Candle> {
-        self.ready.drain(..)
+    /// The candles finished so far, in stream order; the filled ones are made as the iterator is advanced. What
+    /// an iterator dropped early did not take stays for the next one.
+    pub fn drain(&mut self) -> Drain<'_> {
+        Drain(self)
+    }
+
+    /// The next finished candle, filling the gap's next period when the ready ones are taken.
+    fn next_candle(&mut self) -> Option<Candle> {
+        loop {
+            if let Some(candle) = self.ready.pop_front() {
+                return Some(candle);
+            }
+            if !self.fill_next_period() {
+                return None;
+            }
+        }
     }
 
     /// Hands out the candles of `period`: those of the markets that traded in it and, with PREVIOUS fill, an
     /// empty one for every other started market still open, all in ticker order.
     fn close_period(&mut self, period: i64) {
-        // the candidates first: they leave out the markets that traded, which `open` still holds
         let mut filled = self.fill_candidates(period);
         let open = std::mem::take(&mut self.open);
+        // a market that traded in the period gets its traded candle, not an empty one
+        filled.retain(|ticker| !open.contains_key(ticker));
         let period_end = period + self.interval.micros();
         let partial = period < self.start || period_end > self.end;
         let mut traded = open.into_iter().peekable();
@@ -238,7 +275,7 @@ impl Aggregator {
                     self.filling.insert(ticker.clone());
                 }
                 state.started = true;
-                self.ready.push(Candle {
+                self.ready.push_back(Candle {
                     ticker,
                     period_start: period,
                     period_end,
@@ -256,39 +293,59 @@ impl Aggregator {
             } else {
                 let ticker = filled.pop().expect("looked at");
                 let last = self.markets[&ticker].last.expect("a started market has traded");
-                self.ready.push(empty_candle(ticker, period, period_end, last, partial));
+                self.ready.push_back(empty_candle(ticker, period, period_end, last, partial));
             }
         }
     }
 
-    /// For every period from `from` until `until` (exclusive, period starts), the empty candles of PREVIOUS fill.
-    fn fill_until(&mut self, from: i64, until: i64) {
-        if !self.fill {
-            return;
+    /// Makes the empty candles of the gap's first period (PREVIOUS fill) and moves the gap past it; false when
+    /// there is nothing left to fill.
+    fn fill_next_period(&mut self) -> bool {
+        let Some((period, until)) = self.gap else { return false };
+        if !self.fill || period >= until {
+            self.gap = None;
+            return false;
         }
-        let mut period = from;
-        while period < until {
-            let period_end = period + self.interval.micros();
-            let partial = period < self.start || period_end > self.end;
-            let mut filled = self.fill_candidates(period);
-            if filled.is_empty() {
-                // every started market is closed at this period, hence at every later one: nothing to fill
-                return;
-            }
-            while let Some(ticker) = filled.pop() {
-                let last = self.markets[&ticker].last.expect("a started market has traded");
-                self.ready.push(empty_candle(ticker, period, period_end, last, partial));
-            }
-            period = period_end;
+        let mut filled = self.fill_candidates(period);
+        if filled.is_empty() {
+            // every started market is closed at this period, hence at every later one: nothing to fill
+            self.gap = None;
+            return false;
         }
+        let period_end = period + self.interval.micros();
+        let partial = period < self.start || period_end > self.end;
+        while let Some(ticker) = filled.pop() {
+            let last = self.markets[&ticker].last.expect("a started market has traded");
+            self.ready.push_back(empty_candle(ticker, period, period_end, last, partial));
+        }
+        self.gap = Some((period_end, until));
+        true
+    }
+
+    /// Makes the rest of the gap at once: only when a push or finish comes before the gap was drained.
+    fn fill_gap(&mut self) {
+        while self.fill_next_period() {}
     }
 
     /// The markets that get an empty candle for `period` unless they trade in it: started and not closed by its
-    /// start, excluding those that trade in it; sorted descending, so that popping gives ticker order.
+    /// start; sorted descending, so that popping gives ticker order.
     fn fill_candidates(&mut self, period: i64) -> Vec<String> {
         let markets = &self.markets;
         self.filling.retain(|ticker| markets[ticker].close.is_none_or(|c| period < c));
-        self.filling.iter().rev().filter(|ticker| !self.open.contains_key(ticker.as_str())).cloned().collect()
+        self.filling.iter().rev().cloned().collect()
+    }
+}
+
+/// The finished candles of an [`Aggregator`], in stream order, made as they are taken (see
+/// [`Aggregator::drain`]).
+#[derive(Debug)]
+pub struct Drain<'a>(&'a mut Aggregator);
+
+impl Iterator for Drain<'_> {
+    type Item = Candle;
+
+    fn next(&mut self) -> Option<Candle> {
+        self.0.next_candle()
     }
 }
 
@@ -454,6 +511,39 @@ mod tests {
         // without fill: the traded periods only
         let unfilled = run(FillPolicy::None, (0, 6 * MIN), &[("A", before), ("C", closing)], &ticks);
         assert_eq!(unfilled.len(), 3);
+    }
+
+    /// A gap of any length is filled as it is taken: a day of one-second periods after one trade holds one
+    /// period's candles at a time, a drain stopped early resumes at the next period, and a push that comes
+    /// before a gap was taken still gives the gap first.
+    #[test]
+    fn filled_gaps_are_made_as_they_are_taken() {
+        const DAY: i64 = 86_400 * MICROS;
+        let second = Interval::new(1).expect("interval");
+        let new = || Aggregator::new(second, FillPolicy::Previous, 0, DAY, HashMap::new());
+        let mut aggregator = new();
+        aggregator.push(tick(0, "A", 100_000, 1));
+        aggregator.push(tick(MICROS / 2, "B", 200_000, 1));
+        aggregator.finish();
+        assert!(aggregator.ready.len() <= 2, "only the traded period is made: {}", aggregator.ready.len());
+        let first: Vec<_> = aggregator.drain().take(5).map(|c| (c.period_start / MICROS, c.ticker)).collect();
+        assert_eq!(first, [(0, "A".into()), (0, "B".into()), (1, "A".into()), (1, "B".into()), (2, "A".into())]);
+        assert!(aggregator.ready.len() <= 2, "one period at a time: {}", aggregator.ready.len());
+        let mut rest = aggregator.drain();
+        let next = rest.next().expect("the gap goes on");
+        assert_eq!((next.period_start, next.ticker.as_str(), next.empty), (2 * MICROS, "B", true));
+        assert_eq!(rest.count(), 2 * 86_400 - 6, "every second of the day, for both markets");
+
+        // pushed without draining: the gap comes out whole, before the next period
+        let mut eager = new();
+        eager.push(tick(0, "A", 100_000, 1));
+        eager.push(tick(5 * MICROS, "A", 300_000, 1));
+        let starts: Vec<_> = eager.drain().map(|c| (c.period_start / MICROS, c.empty)).collect();
+        assert_eq!(starts, [(0, false), (1, true), (2, true), (3, true), (4, true)]);
+        eager.push(tick(7 * MICROS, "A", 300_000, 1));
+        eager.push(tick(9 * MICROS, "A", 300_000, 1));
+        let starts: Vec<_> = eager.drain().map(|c| (c.period_start / MICROS, c.empty)).collect();
+        assert_eq!(starts, [(5, false), (6, true), (7, false), (8, true)]);
     }
 
     #[test]
