@@ -13,6 +13,7 @@ use common::{TIMEOUT, TestApp};
 use kalshi_replay::{
     error::Error,
     import::{self, Options, ProgressMode, Report},
+    limits::Limits,
     proto::{
         GetMarketRequest, GetSettlementRequest, MarketStatus, SettlementResult, StreamTradesRequest,
         reference_service_client::ReferenceServiceClient, replay_service_client::ReplayServiceClient,
@@ -26,7 +27,7 @@ const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/kals
 
 async fn run(app: &TestApp, paths: Vec<PathBuf>, skip_bad: bool) -> Result<Report, Error> {
     let pool = app.db.database().pool(2, TIMEOUT).await.expect("pool");
-    import::run(&pool, &Options { paths, skip_bad, progress: ProgressMode::Off }).await
+    import::run(&pool, &Options { paths, skip_bad, progress: ProgressMode::Off, limits: Limits::default() }).await
 }
 
 /// Every row the importer writes, as JSON text sorted per table, without the columns that depend on when it
