@@ -270,8 +270,9 @@ pub(super) fn unreferenced_sql<'a>(tables: impl IntoIterator<Item = &'a Table>) 
         .collect();
     (!staged.is_empty()).then(|| {
         format!(
-            "SELECT count(*) FROM ({}) s WHERE NOT EXISTS (SELECT 1 FROM markets m WHERE m.ticker = s.ticker)",
-            staged.join(" UNION ")
+            "SELECT count(DISTINCT ticker) FROM ({}) s \
+             WHERE NOT EXISTS (SELECT 1 FROM markets m WHERE m.ticker = s.ticker)",
+            staged.join(" UNION ALL ")
         )
     })
 }
@@ -440,7 +441,7 @@ mod tests {
         let unreferenced = unreferenced_sql([&TRADES, &SERIES, &DELTAS]).expect("facts");
         assert!(
             unreferenced
-                .contains("SELECT ticker FROM ingest_trades UNION SELECT ticker FROM ingest_orderbook_deltas) s")
+                .contains("SELECT ticker FROM ingest_trades UNION ALL SELECT ticker FROM ingest_orderbook_deltas) s")
         );
         assert_eq!(unreferenced_sql([&MARKETS]), None);
     }

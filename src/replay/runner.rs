@@ -52,7 +52,7 @@ pub(crate) async fn start<B: StreamBody>(
     let request = request.into_inner();
     let spec = StreamSpec::validate(&request, B::KIND)?;
     let body = B::new(&request, spec)?;
-    let snapshot = Snapshot::open(pool, body.spec()).await?;
+    let snapshot = Snapshot::open(pool, body.spec(), limits.max_selection_markets).await?;
     let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
     tokio::spawn(run(snapshot, tx, deadline, body));
     Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
