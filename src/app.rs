@@ -58,7 +58,12 @@ pub async fn import(args: ImportArgs) -> Result<(), Error> {
         drop(client);
         // one connection for the write, one for the partitions it creates
         let pool = db.pool(2, args.db.connect_timeout).await?;
-        let options = import::Options { paths: args.paths.clone(), skip_bad: args.skip_bad, progress: args.progress };
+        let options = import::Options {
+            paths: args.paths.clone(),
+            skip_bad: args.skip_bad,
+            progress: args.progress,
+            limits: args.limits(),
+        };
         let report = import::run(&pool, &options).await?;
         print!("{}", report.summary());
         Ok(())

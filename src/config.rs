@@ -120,6 +120,20 @@ pub struct LimitArgs {
     /// HTTP/2 keepalive: a connection whose ping is not answered this soon is closed, e.g. `20s`.
     #[arg(long, env = "KALSHI_REPLAY_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
     pub keepalive_timeout: Duration,
+    /// Markets one stream's selection may expand to (its events and series included); beyond it
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, env = "KALSHI_REPLAY_MAX_SELECTION_MARKETS", default_value_t = 20_000)]
+    pub max_selection_markets: usize,
+    /// Items one write may carry (a whole Ingest* client stream, or one Upsert* batch); beyond it
+    /// INVALID_ARGUMENT and nothing is stored.
+    #[arg(long, env = "KALSHI_REPLAY_MAX_ROWS_PER_WRITE", default_value_t = 10_000_000)]
+    pub max_rows_per_write: u64,
+    /// Largest count or size of a trade, order-book level or delta, in centi-contracts.
+    #[arg(long, env = "KALSHI_REPLAY_MAX_COUNT_CENTI", default_value_t = 1_000_000_000_000, value_parser = clap::value_parser!(i64).range(1..))]
+    pub max_count_centi: i64,
+    /// How far ahead of the server's clock a reference row's updated_time may be, e.g. `5m`.
+    #[arg(long, env = "KALSHI_REPLAY_MAX_UPDATED_TIME_SKEW", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub max_updated_time_skew: Duration,
 }
 
 impl LimitArgs {
@@ -137,6 +151,10 @@ impl LimitArgs {
             keepalive_interval: self.keepalive_interval,
             keepalive_timeout: self.keepalive_timeout,
             max_fact_days_ahead: partitions_ahead,
+            max_selection_markets: self.max_selection_markets,
+            max_rows_per_write: self.max_rows_per_write,
+            max_count_centi: self.max_count_centi,
+            max_updated_time_skew: self.max_updated_time_skew,
             ..Limits::default()
         }
     }
@@ -207,6 +225,27 @@ pub struct ImportArgs {
     /// Progress display: a bar on a terminal and log lines otherwise (auto), or as chosen.
     #[arg(long, value_enum, default_value = "auto")]
     pub progress: ProgressMode,
+    /// The longest line (or whole JSON document) read, in bytes; a longer one stops the import.
+    #[arg(long, env = "KALSHI_REPLAY_MAX_LINE_BYTES", default_value_t = 16 << 20)]
+    pub max_line_bytes: usize,
+    /// The most bytes read from one file after decompression; more stops the import.
+    #[arg(long, env = "KALSHI_REPLAY_MAX_FILE_BYTES", default_value_t = 64 << 30)]
+    pub max_file_bytes: u64,
+    /// Items one file's write may carry; more stops the import.
+    #[arg(long, env = "KALSHI_REPLAY_MAX_ROWS_PER_WRITE", default_value_t = 10_000_000)]
+    pub max_rows_per_write: u64,
+}
+
+impl ImportArgs {
+    /// The importer's limits: these flags over the defaults of the rest.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_import_line_bytes: self.max_line_bytes,
+            max_import_file_bytes: self.max_file_bytes,
+            max_rows_per_write: self.max_rows_per_write,
+            ..Limits::default()
+        }
+    }
 }
 
 /// `bench` options.

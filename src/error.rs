@@ -20,6 +20,16 @@ pub enum Error {
         /// What is wrong and what is allowed.
         reason: String,
     },
+    /// A request or an input goes past a documented maximum of its size (items in one write, an import line or
+    /// file). INVALID_ARGUMENT like a bad field, but kept apart: it is no bad item that `import --skip-bad` could
+    /// skip, and the whole write is refused.
+    #[error("{field}: {reason}")]
+    TooLarge {
+        /// Where the limit was reached, e.g. `trades[10000000]` or `ws.jsonl:17`.
+        field: String,
+        /// The limit, by its name, and what to do.
+        reason: String,
+    },
     /// Named things do not exist.
     #[error("unknown {kind}: {}", names.join(", "))]
     NotFound {
@@ -135,6 +145,7 @@ impl Error {
     pub fn with_field(self, field: String) -> Self {
         match self {
             Self::InvalidArgument { reason, .. } => Self::InvalidArgument { field, reason },
+            Self::TooLarge { reason, .. } => Self::TooLarge { field, reason },
             other => other,
         }
     }
@@ -156,7 +167,9 @@ impl<E: std::fmt::Display> From<bb8::RunError<E>> for Error {
 
 /// The gRPC code for a database error, by SQLSTATE: a lost or shutting-down server is UNAVAILABLE (retryable), a
 /// cancelled statement CANCELLED, exhausted resources RESOURCE_EXHAUSTED, a key conflict ALREADY_EXISTS, a
-/// serialization conflict ABORTED; anything else is a bug or a schema problem: INTERNAL.
+/// serialization conflict ABORTED; a data exception (class 22: a value out of range, a numeric overflow, a bad
+/// encoding) comes from what a client sent past validation, INVALID_ARGUMENT, so the client learns that retrying
+/// the same request cannot help; anything else is a bug or a schema problem: INTERNAL.
 fn database_code(state: Option<&SqlState>) -> Code {
     let Some(state) = state else {
         // no SQLSTATE: the connection broke or could not be used
@@ -177,6 +190,8 @@ fn database_code(state: Option<&SqlState>) -> Code {
         Code::AlreadyExists
     } else if *state == SqlState::T_R_SERIALIZATION_FAILURE || *state == SqlState::T_R_DEADLOCK_DETECTED {
         Code::Aborted
+    } else if class == "22" {
+        Code::InvalidArgument
     } else {
         Code::Internal
     }
@@ -185,7 +200,9 @@ fn database_code(state: Option<&SqlState>) -> Code {
 impl From<Error> for Status {
     fn from(e: Error) -> Self {
         match e {
-            Error::InvalidArgument { .. } | Error::Import { .. } => Status::invalid_argument(e.to_string()),
+            Error::InvalidArgument { .. } | Error::TooLarge { .. } | Error::Import { .. } => {
+                Status::invalid_argument(e.to_string())
+            }
             Error::NotFound { .. } => Status::not_found(e.to_string()),
             Error::ResourceExhausted(_) => Status::resource_exhausted(e.to_string()),
             Error::DeadlineExceeded => Status::deadline_exceeded(e.to_string()),
@@ -203,6 +220,7 @@ impl From<Error> for Status {
                     Code::ResourceExhausted => "database resources exhausted",
                     Code::AlreadyExists => "already exists",
                     Code::Aborted => "conflict with a concurrent write, retry",
+                    Code::InvalidArgument => "a value is out of the range the database can hold (data exception)",
                     _ => "internal database error",
                 };
                 Status::new(code, message)
@@ -260,6 +278,11 @@ mod tests {
             (Error::DeadlineExceeded, Code::DeadlineExceeded, Some("resume_token")),
             (Error::StreamIdle(std::time::Duration::from_secs(60)), Code::Unavailable, Some("--stream-idle-timeout")),
             (Error::ShuttingDown, Code::Unavailable, Some("shutting down")),
+            (
+                Error::TooLarge { field: "trades[10]".into(), reason: "max_rows_per_write".into() },
+                Code::InvalidArgument,
+                Some("trades[10]: max_rows_per_write"),
+            ),
         ];
         for (error, code, must_contain) in cases {
             let shown = error.to_string();
@@ -285,6 +308,9 @@ mod tests {
             (Some(SqlState::DISK_FULL), Code::ResourceExhausted),
             (Some(SqlState::UNIQUE_VIOLATION), Code::AlreadyExists),
             (Some(SqlState::T_R_SERIALIZATION_FAILURE), Code::Aborted),
+            (Some(SqlState::NUMERIC_VALUE_OUT_OF_RANGE), Code::InvalidArgument),
+            (Some(SqlState::DATETIME_FIELD_OVERFLOW), Code::InvalidArgument),
+            (Some(SqlState::CHARACTER_NOT_IN_REPERTOIRE), Code::InvalidArgument),
             (Some(SqlState::SYNTAX_ERROR), Code::Internal),
             (Some(SqlState::UNDEFINED_TABLE), Code::Internal),
         ];

@@ -116,7 +116,7 @@ pub async fn run(
     tracing::info!(%local, "serving grpc");
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let (decode, encode) = (limits.max_decoding_message_bytes, limits.max_encoding_message_bytes);
-    let reference = ReferenceServiceServer::new(ReferenceApi::new(pools.lookups.clone(), cache, limits.clone()))
+    let reference = ReferenceServiceServer::new(ReferenceApi::new(pools.lookups.clone(), cache))
         .max_decoding_message_size(decode)
         .max_encoding_message_size(encode);
     let replay = ReplayServiceServer::new(ReplayApi::new(pools.data.clone(), admission.clone(), limits.clone()))

@@ -505,16 +505,18 @@ async fn gaps_are_the_days_without_data_inside_the_range() {
 #[tokio::test]
 async fn unknown_tickers_are_not_found_all_of_them_named() {
     let (_db, client) = setup("2026-01-05T00:00:00Z", "2026-01-07T00:00:00Z", &["KNOWN"]).await;
-    // a ticker with trades but no market row is unknown too
+    // a ticker with trades but no market row is a market (its trades were stored before its reference row)
     insert_trades(&client, "ORPHAN", &["2026-01-05T01:00:00Z", "2026-01-06T01:00:00Z"]).await;
     let error = coverage_of(&client, &["ZZZ", "KNOWN", "ORPHAN", "AAA"], None, None).await.expect_err("unknown");
     match error {
         Error::NotFound { kind, names } => {
             assert_eq!(kind, "market ticker");
-            assert_eq!(names, ["AAA", "ORPHAN", "ZZZ"]);
+            assert_eq!(names, ["AAA", "ZZZ"]);
         }
         other => panic!("expected NOT_FOUND, got {other:?}"),
     }
+    let orphan = coverage_of(&client, &["ORPHAN"], None, None).await.expect("known by its trades");
+    assert_eq!(orphan[0].trade_count, 2);
 }
 
 fn request(tickers: &[&str], start: Option<Timestamp>, end: Option<Timestamp>) -> GetCoverageRequest {

@@ -13,6 +13,7 @@ use common::{TIMEOUT, TestApp};
 use kalshi_replay::{
     error::Error,
     import::{self, Options, ProgressMode, Report},
+    limits::Limits,
     proto::{
         GetMarketRequest, GetSettlementRequest, MarketStatus, SettlementResult, StreamTradesRequest,
         reference_service_client::ReferenceServiceClient, replay_service_client::ReplayServiceClient,
@@ -26,7 +27,7 @@ const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/kals
 
 async fn run(app: &TestApp, paths: Vec<PathBuf>, skip_bad: bool) -> Result<Report, Error> {
     let pool = app.db.database().pool(2, TIMEOUT).await.expect("pool");
-    import::run(&pool, &Options { paths, skip_bad, progress: ProgressMode::Off }).await
+    import::run(&pool, &Options { paths, skip_bad, progress: ProgressMode::Off, limits: Limits::default() }).await
 }
 
 /// Every row the importer writes, as JSON text sorted per table, without the columns that depend on when it
@@ -269,4 +270,58 @@ async fn the_import_command_reports_what_it_stored_and_fails_on_a_bad_line() {
     let log = String::from_utf8_lossy(&done.stderr);
     assert!(log.contains(&format!("skipped {}:2", path.display())), "{log}");
     assert!(log.contains("import: ") && log.contains(" rows, "), "a progress line in log mode: {log}");
+}
+
+async fn run_within(app: &TestApp, paths: Vec<PathBuf>, skip_bad: bool, limits: Limits) -> Result<Report, Error> {
+    let pool = app.db.database().pool(2, TIMEOUT).await.expect("pool");
+    import::run(&pool, &Options { paths, skip_bad, progress: ProgressMode::Off, limits }).await
+}
+
+/// A line past max_import_line_bytes, a file decompressing past max_import_file_bytes, and a file of more items
+/// than max_rows_per_write each stop the import at the file and line, naming the limit, `--skip-bad` or not, and
+/// store nothing of that file.
+#[tokio::test]
+async fn an_overlong_line_or_an_oversized_file_stops_the_import_naming_the_limit() {
+    let app = TestApp::start().await;
+    let db = app.db.client().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let line = trade_line("a1", "0.29");
+    let limits = Limits { max_import_line_bytes: line.len(), ..Limits::default() };
+    // at the limit: stored
+    let fits = write(dir.path(), "fits.jsonl", &format!("{line}\n"));
+    run_within(&app, vec![fits], false, limits.clone()).await.expect("a line at the limit");
+    assert_eq!(trade_ids(&db).await, ["a1"]);
+
+    let long = format!("{}\n{} \n", trade_line("b1", "0.29"), trade_line("b2", "0.29"));
+    let long_path = write(dir.path(), "long.jsonl", &long);
+    for skip_bad in [false, true] {
+        let error = run_within(&app, vec![long_path.clone()], skip_bad, limits.clone()).await.expect_err("too long");
+        let Error::TooLarge { field, reason } = &error else { panic!("{error}") };
+        assert_eq!(field, &format!("{}:2", long_path.display()));
+        assert!(reason.contains(&format!("longer than {} bytes (max_import_line_bytes)", line.len())), "{reason}");
+    }
+    assert_eq!(trade_ids(&db).await, ["a1"], "nothing of the file with the long line");
+
+    // a gzip bomb in miniature: 2000 lines in a few kilobytes, read no further than the limit
+    let z = |i: u32| trade_line(&format!("z{i:04}"), "0.29");
+    let lines: String = (0..2000).map(|i| format!("{}\n", z(i))).collect();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(lines.as_bytes()).expect("gzip");
+    let bomb = dir.path().join("bomb.jsonl.gz");
+    std::fs::write(&bomb, gz.finish().expect("gzip")).expect("write");
+    let max_file = 100 * (z(0).len() as u64 + 1);
+    let limits = Limits { max_import_file_bytes: max_file, ..Limits::default() };
+    let error = run_within(&app, vec![bomb.clone()], true, limits).await.expect_err("too large");
+    let Error::TooLarge { field, reason } = &error else { panic!("{error}") };
+    assert_eq!(field, &format!("{}:101", bomb.display()), "the first line past the limit");
+    assert!(reason.contains(&format!("more than {max_file} bytes (max_import_file_bytes)")), "{reason}");
+    assert_eq!(trade_ids(&db).await, ["a1"], "nothing of the oversized file");
+
+    // more items than one write may hold: not a bad item that --skip-bad could skip
+    let limits = Limits { max_rows_per_write: 1000, ..Limits::default() };
+    let error = run_within(&app, vec![bomb.clone()], true, limits).await.expect_err("too many rows");
+    let Error::TooLarge { field, reason } = &error else { panic!("{error}") };
+    assert_eq!(field, &format!("{}:1001", bomb.display()));
+    assert!(reason.contains("at most 1000 items (max_rows_per_write)"), "{reason}");
+    assert_eq!(trade_ids(&db).await, ["a1"], "nothing of the file with too many rows");
 }

@@ -12,6 +12,11 @@
 //!   last-writer-wins.
 //! - A reader thread per file parses while the database writes: a bounded channel of chunks of lines between
 //!   them keeps memory flat whatever the file's size (JSON documents excepted: read whole).
+//! - Limits ([`Limits`]): a line (or a whole JSON document) longer than `max_import_line_bytes`, a file that
+//!   decompresses to more than `max_import_file_bytes`, or a file of more than `max_rows_per_write` items stops
+//!   the import at that file and line, `--skip-bad` or not: no line is ever held whole past the first limit, and
+//!   a compressed bomb is read no further than the second. Items are checked against the same bounds as
+//!   IngestService's (counts, fact times, updated_time); those are bad items, which `--skip-bad` skips.
 //! - Progress: a bar with rows/s and ETA (by input bytes) on a terminal, a log line every few seconds otherwise.
 
 pub mod kalshi;
@@ -24,16 +29,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use tokio::sync::mpsc;
 
 use self::kalshi::Record;
 use crate::{
     error::Error,
     ingest::{
-        validate::{self, At},
+        validate::{self, At, Bounds},
         write::{PendingWrite, RowBuffer, Stored},
     },
+    limits::Limits,
     store::db::Pool,
 };
 
@@ -59,6 +65,8 @@ pub struct Options {
     pub skip_bad: bool,
     /// How progress is shown.
     pub progress: ProgressMode,
+    /// The limits of lines, files, writes and items.
+    pub limits: Limits,
 }
 
 /// What an import did.
@@ -179,13 +187,38 @@ const CHUNK_LINES: usize = 1024;
 /// What the reader found on one line (or in one document: line 0 stands for the whole file).
 type Parsed = (u64, Result<Vec<Record>, String>);
 
-/// Reads and parses `path` on the calling (blocking) thread into `tx`; an I/O error ends the file.
-fn read_file(path: &Path, read: Arc<AtomicU64>, tx: &mpsc::Sender<Vec<Parsed>>) -> Result<u64, Error> {
-    let mut input = open(path, read)?;
+/// Reads and parses `path` on the calling (blocking) thread into `tx`; an I/O error ends the file, and so does a
+/// line longer than `max_import_line_bytes` or more than `max_import_file_bytes` of decompressed input, each
+/// named with the file and line.
+fn read_file(path: &Path, read: Arc<AtomicU64>, tx: &mpsc::Sender<Vec<Parsed>>, limits: &Limits) -> Result<u64, Error> {
+    let name = path.display().to_string();
+    let max_line = limits.max_import_line_bytes;
+    let max_file = limits.max_import_file_bytes;
+    // one byte past the limit tells a file at the limit from one beyond it
+    let mut input = open(path, read)?.take(max_file.saturating_add(1));
+    let mut total = 0u64;
+    let mut too_large = |n: usize, line: u64| -> Result<(), Error> {
+        total += n as u64;
+        if total > max_file {
+            return Err(Error::TooLarge {
+                field: format!("{name}:{line}"),
+                reason: format!("the file decompresses to more than {max_file} bytes (max_import_file_bytes)"),
+            });
+        }
+        Ok(())
+    };
     let io = |e: std::io::Error| Error::io(format!("read {}", path.display()), e);
     if is_document(path) {
-        let mut text = String::new();
-        input.read_to_string(&mut text).map_err(io)?;
+        let mut bytes = Vec::new();
+        (&mut input).take(max_line as u64 + 1).read_to_end(&mut bytes).map_err(io)?;
+        too_large(bytes.len(), 0)?;
+        if bytes.len() > max_line {
+            return Err(Error::TooLarge {
+                field: name,
+                reason: format!("a JSON document is read whole: at most {max_line} bytes (max_import_line_bytes)"),
+            });
+        }
+        let text = String::from_utf8(bytes).map_err(|e| Error::Import { at: name.clone(), reason: e.to_string() })?;
         let lines = text.lines().count() as u64;
         let parsed = match serde_json::from_str::<serde_json::Value>(&text) {
             Ok(value) => kalshi::parse_document(&value).map_err(|e| e.to_string()),
@@ -195,15 +228,29 @@ fn read_file(path: &Path, read: Arc<AtomicU64>, tx: &mpsc::Sender<Vec<Parsed>>) 
         return Ok(lines);
     }
     let mut chunk = Vec::with_capacity(CHUNK_LINES);
-    let mut line = String::new();
+    let mut line = Vec::new();
     let mut number = 0;
     loop {
         line.clear();
-        if input.read_line(&mut line).map_err(io)? == 0 {
+        // at most the limit, its newline and one byte more: never a whole overlong line in memory
+        let read = (&mut input).take(max_line as u64 + 2).read_until(b'\n', &mut line).map_err(io)?;
+        if read == 0 {
             break;
         }
         number += 1;
-        chunk.push((number, kalshi::parse_line(&line).map_err(|e| e.to_string())));
+        too_large(read, number)?;
+        let text = line.strip_suffix(b"\n").unwrap_or(&line);
+        if text.len() > max_line {
+            return Err(Error::TooLarge {
+                field: format!("{name}:{number}"),
+                reason: format!("the line is longer than {max_line} bytes (max_import_line_bytes)"),
+            });
+        }
+        let parsed = match std::str::from_utf8(text) {
+            Ok(text) => kalshi::parse_line(text).map_err(|e| e.to_string()),
+            Err(e) => Err(format!("not UTF-8: {e}")),
+        };
+        chunk.push((number, parsed));
         if chunk.len() == CHUNK_LINES && tx.blocking_send(std::mem::take(&mut chunk)).is_err() {
             // the writer stopped (an error): no need to read on
             return Ok(number);
@@ -233,26 +280,21 @@ fn at(kind: &'static str) -> At {
 
 impl TableBuffers {
     /// Validates `record` and adds it; for a kind the service does not store, its name.
-    async fn push(
-        &mut self,
-        write: &mut PendingWrite,
-        record: Record,
-        now: DateTime<Utc>,
-    ) -> Result<Option<String>, Error> {
+    async fn push(&mut self, write: &mut PendingWrite, record: Record, b: &Bounds) -> Result<Option<String>, Error> {
         match record {
-            Record::Trade(t) => self.trades.push(write, validate::trade(at("trade"), &t)?).await?,
+            Record::Trade(t) => self.trades.push(write, validate::trade(at("trade"), b, &t)?).await?,
             Record::Snapshot(s) => {
-                self.snapshots.push(write, validate::snapshot(at("orderbook_snapshot"), &s)?).await?
+                self.snapshots.push(write, validate::snapshot(at("orderbook_snapshot"), b, &s)?).await?
             }
-            Record::Delta(d) => self.deltas.push(write, validate::delta(at("orderbook_delta"), &d)?).await?,
+            Record::Delta(d) => self.deltas.push(write, validate::delta(at("orderbook_delta"), b, &d)?).await?,
             Record::Lifecycle(l) => {
-                self.lifecycle.push(write, validate::lifecycle(at("market_lifecycle"), &l)?).await?
+                self.lifecycle.push(write, validate::lifecycle(at("market_lifecycle"), b, &l)?).await?
             }
-            Record::Series(s) => self.series.push(write, validate::series(at("series"), &s, now)?).await?,
-            Record::Event(e) => self.events.push(write, validate::event(at("event"), &e, now)?).await?,
-            Record::Market(m) => self.markets.push(write, validate::market(at("market"), &m, now)?).await?,
+            Record::Series(s) => self.series.push(write, validate::series(at("series"), b, &s)?).await?,
+            Record::Event(e) => self.events.push(write, validate::event(at("event"), b, &e)?).await?,
+            Record::Market(m) => self.markets.push(write, validate::market(at("market"), b, &m)?).await?,
             Record::Settlement(s) => {
-                self.settlements.push(write, validate::settlement(at("settlement"), &s, now)?).await?
+                self.settlements.push(write, validate::settlement(at("settlement"), b, &s)?).await?
             }
             Record::Ignored(kind) => return Ok(Some(kind)),
         }
@@ -284,7 +326,7 @@ pub async fn run(pool: &Pool, options: &Options) -> Result<Report, Error> {
     let mut progress = Progress::new(options.progress, total);
     let mut report = Report::default();
     for path in &files {
-        import_file(pool, path, options.skip_bad, &read, &mut progress, &mut report).await?;
+        import_file(pool, path, options, &read, &mut progress, &mut report).await?;
         report.files += 1;
     }
     report.bytes = read.load(Ordering::Relaxed);
@@ -297,26 +339,28 @@ pub async fn run(pool: &Pool, options: &Options) -> Result<Report, Error> {
 async fn import_file(
     pool: &Pool,
     path: &Path,
-    skip_bad: bool,
+    options: &Options,
     read: &Arc<AtomicU64>,
     progress: &mut Progress,
     report: &mut Report,
 ) -> Result<(), Error> {
+    let skip_bad = options.skip_bad;
     let (tx, mut rx) = mpsc::channel::<Vec<Parsed>>(4);
     let reader = {
-        let (path, read) = (path.to_owned(), read.clone());
-        tokio::task::spawn_blocking(move || read_file(&path, read, &tx))
+        let (path, read, limits) = (path.to_owned(), read.clone(), options.limits.clone());
+        tokio::task::spawn_blocking(move || read_file(&path, read, &tx, &limits))
     };
     let name = path.display().to_string();
-    let now = Utc::now();
-    let mut write = PendingWrite::new(pool);
+    let bounds = Bounds::new(&options.limits, Utc::now());
+    let mut write = PendingWrite::new(pool, options.limits.max_rows_per_write);
     let mut batches = TableBuffers::default();
     let mut records = 0u64;
+    let place = |line: u64| if line == 0 { name.clone() } else { format!("{name}:{line}") };
     while let Some(chunk) = rx.recv().await {
         for (line, parsed) in chunk {
             // the file and line, made only for a bad one
             let bad = |reason: String, report: &mut Report| -> Result<(), Error> {
-                let place = if line == 0 { name.clone() } else { format!("{name}:{line}") };
+                let place = place(line);
                 if !skip_bad {
                     return Err(Error::Import { at: place, reason });
                 }
@@ -336,10 +380,12 @@ async fn import_file(
                 }
             };
             for record in parsed {
-                match batches.push(&mut write, record, now).await {
+                match batches.push(&mut write, record, &bounds).await {
                     Ok(Some(kind)) => *report.ignored.entry(kind).or_default() += 1,
                     Ok(None) => records += 1,
                     Err(Error::InvalidArgument { field, reason }) => bad(format!("{field}: {reason}"), report)?,
+                    // past max_rows_per_write: no bad item, the file is too large
+                    Err(Error::TooLarge { reason, .. }) => return Err(Error::TooLarge { field: place(line), reason }),
                     Err(e) => return Err(e),
                 }
             }

@@ -3,18 +3,21 @@
 //! A client-streaming RPC is one write: each item is validated as it arrives (INVALID_ARGUMENT names its index
 //! in the whole stream and the field), the write commits when the client closes its side, and a stream that
 //! fails or is cancelled writes nothing. A batch upsert is validated whole before its transaction opens.
+//!
+//! Every item is checked against the [`Limits`] as [`validate::Bounds`] fixed when the write starts (counts,
+//! fact times, updated_time), and a write holds at most `max_rows_per_write` items, all messages together.
 
 pub mod tables;
 pub mod validate;
 pub mod write;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use tonic::{Request, Response, Status, Streaming};
 
 use self::{
     tables::Row,
-    validate::At,
-    write::{PendingWrite, RowBuffer, Stored},
+    validate::{At, Bounds},
+    write::{Committed, PendingWrite, RowBuffer, Stored},
 };
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -49,7 +52,12 @@ impl IngestApi {
     /// until the write is answered.
     fn begin(&self) -> Result<(PendingWrite, OwnedSemaphorePermit), Error> {
         let permit = self.admission.write()?;
-        Ok((PendingWrite::new(&self.pool), permit))
+        Ok((PendingWrite::new(&self.pool, self.limits.max_rows_per_write), permit))
+    }
+
+    /// The bounds a write's items are checked against, as of now.
+    fn bounds(&self) -> Bounds {
+        Bounds::new(&self.limits, Utc::now())
     }
 
     /// The client stream's next message; at shutdown, once the drain's grace has passed, UNAVAILABLE (the write
@@ -61,27 +69,29 @@ impl IngestApi {
         }
     }
 
-    /// Stores the items of every message of a client stream of one fact kind; returns the counts and the
-    /// watermark after the commit.
+    /// Stores the items of every message of a client stream of one fact kind; returns the counts, the watermark
+    /// after the commit and the markets without reference rows.
     async fn ingest_stream<M, P, R: Row>(
         &self,
         mut stream: Streaming<M>,
         kind: &'static str,
         items: fn(&M) -> &[P],
-        validate: fn(At, &P) -> Result<R, Error>,
-    ) -> Result<(Stored, i64), Status> {
+        validate: fn(At, &Bounds, &P) -> Result<R, Error>,
+    ) -> Result<(Stored, Committed), Status> {
         let (mut write, _permit) = self.begin()?;
+        let bounds = self.bounds();
         let mut batch = RowBuffer::default();
         let mut index = 0;
         while let Some(message) = self.next_message(&mut stream).await? {
             for item in items(&message) {
-                batch.push(&mut write, validate(At::item(kind, index), item)?).await?;
+                let at = At::item(kind, index);
+                push(&mut batch, &mut write, at, validate(at, &bounds, item)?).await?;
                 index += 1;
             }
         }
         batch.finish(&mut write).await?;
         let committed = write.commit().await?;
-        Ok((committed.of::<R>(), committed.watermark))
+        Ok((committed.of::<R>(), committed))
     }
 
     /// Validates every item of a batch, then upserts them in one transaction.
@@ -89,19 +99,24 @@ impl IngestApi {
         &self,
         items: &[P],
         kind: &'static str,
-        validate: fn(At, &P, DateTime<Utc>) -> Result<R, Error>,
+        validate: fn(At, &Bounds, &P) -> Result<R, Error>,
     ) -> Result<Option<UpsertCounts>, Status> {
-        let now = Utc::now();
-        let rows = items.iter().enumerate().map(|(i, item)| validate(At::item(kind, i), item, now));
+        let bounds = self.bounds();
+        let rows = items.iter().enumerate().map(|(i, item)| validate(At::item(kind, i), &bounds, item));
         let rows: Vec<R> = rows.collect::<Result<_, _>>()?;
         let (mut write, _permit) = self.begin()?;
         let mut batch = RowBuffer::default();
-        for row in rows {
-            batch.push(&mut write, row).await?;
+        for (i, row) in rows.into_iter().enumerate() {
+            push(&mut batch, &mut write, At::item(kind, i), row).await?;
         }
         batch.finish(&mut write).await?;
         Ok(Some(write.commit().await?.of::<R>().upsert_counts()))
     }
+}
+
+/// Adds a validated row to its batch; a write past max_rows_per_write is refused naming the item at `at`.
+async fn push<R: Row>(batch: &mut RowBuffer<R>, write: &mut PendingWrite, at: At, row: R) -> Result<(), Error> {
+    batch.push(write, row).await.map_err(|e| e.with_field(at.to_string()))
 }
 
 #[tonic::async_trait]
@@ -113,8 +128,12 @@ impl IngestService for IngestApi {
         fn items(m: &IngestTradesRequest) -> &[crate::proto::Trade] {
             &m.trades
         }
-        let (stored, watermark) = self.ingest_stream(request.into_inner(), "trades", items, validate::trade).await?;
-        Ok(Response::new(IngestTradesResponse { counts: Some(stored.write_counts()), watermark }))
+        let (stored, committed) = self.ingest_stream(request.into_inner(), "trades", items, validate::trade).await?;
+        Ok(Response::new(IngestTradesResponse {
+            counts: Some(stored.write_counts()),
+            watermark: committed.watermark,
+            markets_without_reference: committed.unreferenced,
+        }))
     }
 
     /// Snapshots and deltas are indexed separately (`snapshots[i]`, `deltas[j]`), each over the whole stream.
@@ -124,15 +143,18 @@ impl IngestService for IngestApi {
     ) -> Result<Response<IngestOrderbookResponse>, Status> {
         let mut stream = request.into_inner();
         let (mut write, _permit) = self.begin()?;
+        let bounds = self.bounds();
         let (mut snapshots, mut deltas) = (RowBuffer::default(), RowBuffer::default());
         let (mut s, mut d) = (0, 0);
         while let Some(message) = self.next_message(&mut stream).await? {
             for snapshot in &message.snapshots {
-                snapshots.push(&mut write, validate::snapshot(At::item("snapshots", s), snapshot)?).await?;
+                let at = At::item("snapshots", s);
+                push(&mut snapshots, &mut write, at, validate::snapshot(at, &bounds, snapshot)?).await?;
                 s += 1;
             }
             for delta in &message.deltas {
-                deltas.push(&mut write, validate::delta(At::item("deltas", d), delta)?).await?;
+                let at = At::item("deltas", d);
+                push(&mut deltas, &mut write, at, validate::delta(at, &bounds, delta)?).await?;
                 d += 1;
             }
         }
@@ -143,6 +165,7 @@ impl IngestService for IngestApi {
             snapshots: Some(committed.of::<validate::SnapshotRow>().write_counts()),
             deltas: Some(committed.of::<validate::DeltaRow>().write_counts()),
             watermark: committed.watermark,
+            markets_without_reference: committed.unreferenced,
         }))
     }
 
@@ -153,9 +176,13 @@ impl IngestService for IngestApi {
         fn items(m: &IngestLifecycleRequest) -> &[crate::proto::LifecycleEvent] {
             &m.events
         }
-        let (stored, watermark) =
+        let (stored, committed) =
             self.ingest_stream(request.into_inner(), "events", items, validate::lifecycle).await?;
-        Ok(Response::new(IngestLifecycleResponse { counts: Some(stored.write_counts()), watermark }))
+        Ok(Response::new(IngestLifecycleResponse {
+            counts: Some(stored.write_counts()),
+            watermark: committed.watermark,
+            markets_without_reference: committed.unreferenced,
+        }))
     }
 
     async fn upsert_series(

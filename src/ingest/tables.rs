@@ -258,6 +258,25 @@ impl Table {
     }
 }
 
+/// The number of distinct markets of the staged facts of `tables` that have no reference row, counted in the
+/// write's transaction; None when none of them holds facts. Their facts are stored all the same (a collector may
+/// record the WebSocket before it fetches the markets) and read by their market ticker; the answer tells the
+/// client how many reference rows it still owes.
+pub(super) fn unreferenced_sql<'a>(tables: impl IntoIterator<Item = &'a Table>) -> Option<String> {
+    let staged: Vec<String> = tables
+        .into_iter()
+        .filter(|t| t.kind == Kind::Fact)
+        .map(|t| format!("SELECT ticker FROM {}", t.staging()))
+        .collect();
+    (!staged.is_empty()).then(|| {
+        format!(
+            "SELECT count(DISTINCT ticker) FROM ({}) s \
+             WHERE NOT EXISTS (SELECT 1 FROM markets m WHERE m.ticker = s.ticker)",
+            staged.join(" UNION ALL ")
+        )
+    })
+}
+
 /// A row of one table.
 pub trait Row: Send + Sync {
     /// The table it goes to.
@@ -419,5 +438,11 @@ mod tests {
         assert!(TRADES.store_sql().contains("ORDER BY s.ts, s.ticker, s.trade_id ON CONFLICT DO NOTHING"));
         assert_eq!(TRADES.copy_types().len(), TRADES.columns.len());
         assert_eq!(SERIES.copy_types().len(), SERIES.columns.len() + 1);
+        let unreferenced = unreferenced_sql([&TRADES, &SERIES, &DELTAS]).expect("facts");
+        assert!(
+            unreferenced
+                .contains("SELECT ticker FROM ingest_trades UNION ALL SELECT ticker FROM ingest_orderbook_deltas) s")
+        );
+        assert_eq!(unreferenced_sql([&MARKETS]), None);
     }
 }

@@ -3,16 +3,94 @@
 
 use std::fmt;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Days, NaiveTime, Utc};
 use prost_types::Timestamp;
 use rust_decimal::Decimal;
 
 use crate::{
     decimal,
     error::Error,
+    limits::Limits,
     proto::{self, LifecycleEventType, MarketStatus, MarketType, SettlementResult, Side},
     time,
 };
+
+/// The bounds a write's items are checked against, fixed when the write starts: values past them would break
+/// later writes (a count that overflows a day's sums), create partitions without end (a fact dated far away), or
+/// freeze a reference row (an updated_time in the future wins over every real update until then).
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// The time of the write: an unset updated_time.
+    pub now: DateTime<Utc>,
+    max_count_centi: i64,
+    /// Facts are dated in [earliest_fact, facts_before).
+    earliest_fact: DateTime<Utc>,
+    facts_before: DateTime<Utc>,
+    /// The latest updated_time a reference row may carry.
+    latest_update: DateTime<Utc>,
+}
+
+impl Bounds {
+    /// The bounds of `limits` for a write at `now`: facts up to the end of the UTC day `max_fact_days_ahead`
+    /// days after today (the partitions the server keeps ahead), reference rows updated up to
+    /// `max_updated_time_skew` after now.
+    pub fn new(limits: &Limits, now: DateTime<Utc>) -> Self {
+        let last_day = now.date_naive().checked_add_days(Days::new(u64::from(limits.max_fact_days_ahead)));
+        let after = last_day.and_then(|d| d.succ_opt()).map(|d| d.and_time(NaiveTime::MIN).and_utc());
+        let skew = chrono::Duration::from_std(limits.max_updated_time_skew).unwrap_or(chrono::Duration::MAX);
+        Self {
+            now,
+            max_count_centi: limits.max_count_centi,
+            earliest_fact: limits.earliest_fact,
+            facts_before: after.unwrap_or(DateTime::<Utc>::MAX_UTC),
+            latest_update: now.checked_add_signed(skew).unwrap_or(DateTime::<Utc>::MAX_UTC),
+        }
+    }
+
+    /// A count or size: above 0 and at most max_count_centi.
+    fn count(&self, at: At, name: &str, centi: i64) -> Result<i64, Error> {
+        let max = self.max_count_centi;
+        if (1..=max).contains(&centi) {
+            Ok(centi)
+        } else {
+            Err(at.invalid(name, format!("must be between 1 and {max} (max_count_centi), got {centi}")))
+        }
+    }
+
+    /// A fact's time, which picks its daily partition.
+    fn fact_time(&self, at: At, name: &str, value: Option<&Timestamp>) -> Result<DateTime<Utc>, Error> {
+        let ts = required_time(at, name, value)?;
+        if ts < self.earliest_fact || ts >= self.facts_before {
+            return Err(at.invalid(
+                name,
+                format!(
+                    "must be from {} (earliest_fact) to before {} (max_fact_days_ahead after today), got {ts}",
+                    self.earliest_fact.to_rfc3339(),
+                    self.facts_before.to_rfc3339()
+                ),
+            ));
+        }
+        Ok(ts)
+    }
+
+    /// A reference row's updated_time; unset is `now`.
+    fn updated(&self, at: At, value: Option<&Timestamp>) -> Result<DateTime<Utc>, Error> {
+        let Some(updated) = optional_time(at, "updated_time", value)? else {
+            return Ok(self.now);
+        };
+        if updated > self.latest_update {
+            return Err(at.invalid(
+                "updated_time",
+                format!(
+                    "must be at most max_updated_time_skew after the server's time ({}), got {}",
+                    self.latest_update.to_rfc3339(),
+                    updated.to_rfc3339()
+                ),
+            ));
+        }
+        Ok(updated)
+    }
+}
 
 /// Where an item sits in a request, for error messages: `trades[3]` for the fourth trade of a request, or the
 /// bare kind (`trade`) when the caller gives the position itself (the importer's file and line).
@@ -85,10 +163,6 @@ fn price(at: At, name: &str, micros: i64) -> Result<i64, Error> {
     }
 }
 
-fn positive(at: At, name: &str, centi: i64) -> Result<i64, Error> {
-    if centi > 0 { Ok(centi) } else { Err(at.invalid(name, format!("must be greater than 0, got {centi}"))) }
-}
-
 fn side(at: At, name: &str, value: i32) -> Result<i16, Error> {
     match Side::try_from(value) {
         Ok(Side::Yes) => Ok(1),
@@ -144,10 +218,10 @@ pub struct TradeRow {
 }
 
 /// Checks one trade.
-pub fn trade(at: At, trade: &proto::Trade) -> Result<TradeRow, Error> {
+pub fn trade(at: At, bounds: &Bounds, trade: &proto::Trade) -> Result<TradeRow, Error> {
     let ticker = key_text(at, "market_ticker", &trade.market_ticker)?;
     let trade_id = key_text(at, "trade_id", &trade.trade_id)?;
-    let ts = required_time(at, "time", trade.time.as_ref())?;
+    let ts = bounds.fact_time(at, "time", trade.time.as_ref())?;
     let yes = price(at, "yes_price_micros", trade.yes_price_micros)?;
     let no = trade.no_price_micros;
     if no != 0 && no != 1_000_000 - yes {
@@ -156,7 +230,7 @@ pub fn trade(at: At, trade: &proto::Trade) -> Result<TradeRow, Error> {
             format!("must be 0 (derived) or 1000000 - yes_price_micros = {}, got {no}", 1_000_000 - yes),
         ));
     }
-    let count_centi = positive(at, "count_centi", trade.count_centi)?;
+    let count_centi = bounds.count(at, "count_centi", trade.count_centi)?;
     let taker_side = side(at, "taker_side", trade.taker_side)?;
     Ok(TradeRow { ts, ticker, trade_id, yes_price_micros: yes, count_centi, taker_side })
 }
@@ -175,9 +249,9 @@ pub struct SnapshotRow {
 }
 
 /// Checks one snapshot: every level's price and size, and prices strictly ascending per side.
-pub fn snapshot(at: At, snapshot: &proto::OrderbookSnapshot) -> Result<SnapshotRow, Error> {
+pub fn snapshot(at: At, bounds: &Bounds, snapshot: &proto::OrderbookSnapshot) -> Result<SnapshotRow, Error> {
     let ticker = key_text(at, "market_ticker", &snapshot.market_ticker)?;
-    let ts = required_time(at, "time", snapshot.time.as_ref())?;
+    let ts = bounds.fact_time(at, "time", snapshot.time.as_ref())?;
     let sid = non_negative(at, "sid", snapshot.sid)?;
     let seq = non_negative(at, "seq", snapshot.seq)?;
     let levels = |name: &str, levels: &[proto::OrderbookLevel]| -> Result<(Vec<i64>, Vec<i64>), Error> {
@@ -191,7 +265,7 @@ pub fn snapshot(at: At, snapshot: &proto::OrderbookSnapshot) -> Result<SnapshotR
                 return Err(Error::invalid(path("price_micros"), "must be above the previous level's"));
             }
             prices.push(p);
-            sizes.push(positive(at, "", level.size_centi).map_err(|e| e.with_field(path("size_centi")))?);
+            sizes.push(bounds.count(at, "", level.size_centi).map_err(|e| e.with_field(path("size_centi")))?);
         }
         Ok((prices, sizes))
     };
@@ -213,15 +287,19 @@ pub struct DeltaRow {
 }
 
 /// Checks one delta.
-pub fn delta(at: At, delta: &proto::OrderbookDelta) -> Result<DeltaRow, Error> {
+pub fn delta(at: At, bounds: &Bounds, delta: &proto::OrderbookDelta) -> Result<DeltaRow, Error> {
     let ticker = key_text(at, "market_ticker", &delta.market_ticker)?;
-    let ts = required_time(at, "time", delta.time.as_ref())?;
+    let ts = bounds.fact_time(at, "time", delta.time.as_ref())?;
     let sid = non_negative(at, "sid", delta.sid)?;
     let seq = non_negative(at, "seq", delta.seq)?;
     let side = side(at, "side", delta.side)?;
     let price_micros = price(at, "price_micros", delta.price_micros)?;
-    if delta.delta_centi == 0 {
-        return Err(at.invalid("delta_centi", "must not be 0"));
+    let max = bounds.max_count_centi;
+    if delta.delta_centi == 0 || delta.delta_centi.unsigned_abs() > max.unsigned_abs() {
+        return Err(at.invalid(
+            "delta_centi",
+            format!("must not be 0 and at most {max} (max_count_centi) either way, got {}", delta.delta_centi),
+        ));
     }
     Ok(DeltaRow { ts, ticker, sid, seq, side, price_micros, delta_centi: delta.delta_centi })
 }
@@ -241,9 +319,9 @@ pub struct LifecycleRow {
 }
 
 /// Checks one lifecycle event.
-pub fn lifecycle(at: At, event: &proto::LifecycleEvent) -> Result<LifecycleRow, Error> {
+pub fn lifecycle(at: At, bounds: &Bounds, event: &proto::LifecycleEvent) -> Result<LifecycleRow, Error> {
     let ticker = key_text(at, "market_ticker", &event.market_ticker)?;
-    let ts = required_time(at, "time", event.time.as_ref())?;
+    let ts = bounds.fact_time(at, "time", event.time.as_ref())?;
     let event_type = match LifecycleEventType::try_from(event.event_type) {
         Ok(t) if t != LifecycleEventType::Unspecified => event.event_type as i16,
         _ => {
@@ -286,7 +364,7 @@ pub struct SeriesRow {
 }
 
 /// Checks one series; an unset updated_time is `now`, the time of the write.
-pub fn series(at: At, series: &proto::Series, now: DateTime<Utc>) -> Result<SeriesRow, Error> {
+pub fn series(at: At, bounds: &Bounds, series: &proto::Series) -> Result<SeriesRow, Error> {
     let tags = series
         .tags
         .iter()
@@ -301,7 +379,7 @@ pub fn series(at: At, series: &proto::Series, now: DateTime<Utc>) -> Result<Seri
         frequency: free_text(at, "frequency", &series.frequency)?,
         contract_url: free_text(at, "contract_url", &series.contract_url)?,
         fee_type: free_text(at, "fee_type", &series.fee_type)?,
-        updated_at: optional_time(at, "updated_time", series.updated_time.as_ref())?.unwrap_or(now),
+        updated_at: bounds.updated(at, series.updated_time.as_ref())?,
     })
 }
 
@@ -320,7 +398,7 @@ pub struct EventRow {
 }
 
 /// Checks one event; an unset updated_time is `now`.
-pub fn event(at: At, event: &proto::Event, now: DateTime<Utc>) -> Result<EventRow, Error> {
+pub fn event(at: At, bounds: &Bounds, event: &proto::Event) -> Result<EventRow, Error> {
     Ok(EventRow {
         event_ticker: key_text(at, "event_ticker", &event.event_ticker)?,
         series_ticker: key_text(at, "series_ticker", &event.series_ticker)?,
@@ -330,7 +408,7 @@ pub fn event(at: At, event: &proto::Event, now: DateTime<Utc>) -> Result<EventRo
         mutually_exclusive: event.mutually_exclusive,
         strike_date: optional_time(at, "strike_date", event.strike_date.as_ref())?,
         strike_period: free_text(at, "strike_period", &event.strike_period)?,
-        updated_at: optional_time(at, "updated_time", event.updated_time.as_ref())?.unwrap_or(now),
+        updated_at: bounds.updated(at, event.updated_time.as_ref())?,
     })
 }
 
@@ -360,7 +438,7 @@ pub struct MarketRow {
 }
 
 /// Checks one market; an unset market_type is binary, an unset updated_time is `now`.
-pub fn market(at: At, market: &proto::Market, now: DateTime<Utc>) -> Result<MarketRow, Error> {
+pub fn market(at: At, bounds: &Bounds, market: &proto::Market) -> Result<MarketRow, Error> {
     let market_type = match MarketType::try_from(market.market_type) {
         Ok(MarketType::Unspecified | MarketType::Binary) => 1,
         Ok(MarketType::Scalar) => 2,
@@ -410,7 +488,7 @@ pub fn market(at: At, market: &proto::Market, now: DateTime<Utc>) -> Result<Mark
         cap_strike: strike(at, "cap_strike", &market.cap_strike)?,
         rules_primary: free_text(at, "rules_primary", &market.rules_primary)?,
         rules_secondary: free_text(at, "rules_secondary", &market.rules_secondary)?,
-        updated_at: optional_time(at, "updated_time", market.updated_time.as_ref())?.unwrap_or(now),
+        updated_at: bounds.updated(at, market.updated_time.as_ref())?,
     })
 }
 
@@ -429,7 +507,7 @@ pub struct SettlementRow {
 
 /// Checks one settlement. A YES result pays 1 USD and a NO result nothing: their value may be left 0 (derived)
 /// or must say so.
-pub fn settlement(at: At, settlement: &proto::Settlement, now: DateTime<Utc>) -> Result<SettlementRow, Error> {
+pub fn settlement(at: At, bounds: &Bounds, settlement: &proto::Settlement) -> Result<SettlementRow, Error> {
     let result = result_code(at, "result", settlement.result)?;
     let sent = payout(at, "settlement_value_micros", settlement.settlement_value_micros)?;
     let settlement_value_micros = match (SettlementResult::try_from(settlement.result), sent) {
@@ -451,7 +529,7 @@ pub fn settlement(at: At, settlement: &proto::Settlement, now: DateTime<Utc>) ->
         settlement_value_micros,
         determined_time: optional_time(at, "determined_time", settlement.determined_time.as_ref())?,
         settled_time: optional_time(at, "settled_time", settlement.settled_time.as_ref())?,
-        updated_at: optional_time(at, "updated_time", settlement.updated_time.as_ref())?.unwrap_or(now),
+        updated_at: bounds.updated(at, settlement.updated_time.as_ref())?,
     })
 }
 
@@ -461,6 +539,12 @@ mod tests {
     use crate::ingest::validate;
 
     const AT: At = At { kind: "trades", index: Some(7) };
+
+    /// The default limits on 2026-03-01, after every time these tests send.
+    static B: std::sync::LazyLock<Bounds> = std::sync::LazyLock::new(|| {
+        let now = DateTime::parse_from_rfc3339("2026-03-01T12:00:00Z").expect("time").to_utc();
+        Bounds::new(&Limits::default(), now)
+    });
 
     fn good() -> proto::Trade {
         proto::Trade {
@@ -477,11 +561,11 @@ mod tests {
 
     #[test]
     fn a_good_trade_is_stored_as_sent() {
-        let row = validate::trade(AT, &good()).expect("valid");
+        let row = validate::trade(AT, &B, &good()).expect("valid");
         assert_eq!((row.yes_price_micros, row.count_centi, row.taker_side), (290_000, 1234, 2));
         assert_eq!(row.ts.timestamp_micros(), 1_767_571_200_000_005);
         let explicit_no = proto::Trade { no_price_micros: 710_000, ..good() };
-        assert!(validate::trade(AT, &explicit_no).is_ok());
+        assert!(validate::trade(AT, &B, &explicit_no).is_ok());
     }
 
     fn assert_field<T: fmt::Debug>(result: Result<T, Error>, field: &str) {
@@ -507,10 +591,10 @@ mod tests {
             (proto::Trade { taker_side: 9, ..good() }, "taker_side"),
         ];
         for (trade, field) in cases {
-            assert_field(validate::trade(AT, &trade), &format!("trades[7].{field}"));
+            assert_field(validate::trade(AT, &B, &trade), &format!("trades[7].{field}"));
         }
         let bare = At { kind: "trade", index: None };
-        assert_field(validate::trade(bare, &proto::Trade { count_centi: 0, ..good() }), "trade.count_centi");
+        assert_field(validate::trade(bare, &B, &proto::Trade { count_centi: 0, ..good() }), "trade.count_centi");
     }
 
     fn level(price_micros: i64, size_centi: i64) -> proto::OrderbookLevel {
@@ -529,7 +613,7 @@ mod tests {
             no_bids: vec![level(700_000, 1)],
             ingest_seq: 0,
         };
-        let row = validate::snapshot(at, &good).expect("valid");
+        let row = validate::snapshot(at, &B, &good).expect("valid");
         assert_eq!((row.yes_price_micros, row.yes_size_centi), (vec![10_000, 290_000], vec![100, 5]));
         let cases: Vec<(proto::OrderbookSnapshot, &str)> = vec![
             (proto::OrderbookSnapshot { market_ticker: String::new(), ..good.clone() }, "market_ticker"),
@@ -544,7 +628,7 @@ mod tests {
             ),
         ];
         for (snapshot, field) in cases {
-            assert_field(validate::snapshot(at, &snapshot), &format!("snapshots[2].{field}"));
+            assert_field(validate::snapshot(at, &B, &snapshot), &format!("snapshots[2].{field}"));
         }
         let delta = proto::OrderbookDelta {
             market_ticker: "KX-A".into(),
@@ -557,7 +641,7 @@ mod tests {
             ingest_seq: 0,
         };
         let at = At::item("deltas", 0);
-        assert_eq!(validate::delta(at, &delta).expect("valid").delta_centi, -500);
+        assert_eq!(validate::delta(at, &B, &delta).expect("valid").delta_centi, -500);
         let cases: Vec<(proto::OrderbookDelta, &str)> = vec![
             (proto::OrderbookDelta { side: 0, ..delta.clone() }, "side"),
             (proto::OrderbookDelta { price_micros: 1_000_000, ..delta.clone() }, "price_micros"),
@@ -566,13 +650,14 @@ mod tests {
             (proto::OrderbookDelta { market_ticker: String::new(), ..delta.clone() }, "market_ticker"),
         ];
         for (d, field) in cases {
-            assert_field(validate::delta(at, &d), &format!("deltas[0].{field}"));
+            assert_field(validate::delta(at, &B, &d), &format!("deltas[0].{field}"));
         }
     }
 
     #[test]
     fn reference_fields_are_checked() {
         let now = Utc::now();
+        let b = Bounds::new(&Limits::default(), now);
         let at = At::item("markets", 1);
         let market = proto::Market {
             ticker: "KX-A".into(),
@@ -582,7 +667,7 @@ mod tests {
             floor_strike: "99999.99".into(),
             ..Default::default()
         };
-        let row = validate::market(at, &market, now).expect("valid");
+        let row = validate::market(at, &b, &market).expect("valid");
         assert_eq!((row.market_type, row.status, row.updated_at), (1, 3, now));
         assert_eq!(row.floor_strike.map(|d| d.to_string()).as_deref(), Some("99999.99"));
         let cases: Vec<(proto::Market, &str)> = vec![
@@ -597,7 +682,7 @@ mod tests {
             (proto::Market { settlement_timer_seconds: -1, ..market.clone() }, "settlement_timer_seconds"),
         ];
         for (m, field) in cases {
-            assert_field(validate::market(at, &m, now), &format!("markets[1].{field}"));
+            assert_field(validate::market(at, &b, &m), &format!("markets[1].{field}"));
         }
         let at = At::item("settlements", 0);
         let settlement = proto::Settlement {
@@ -607,7 +692,7 @@ mod tests {
             result: SettlementResult::Yes as i32,
             ..Default::default()
         };
-        assert_eq!(validate::settlement(at, &settlement, now).expect("derived").settlement_value_micros, 1_000_000);
+        assert_eq!(validate::settlement(at, &b, &settlement).expect("derived").settlement_value_micros, 1_000_000);
         let cases: Vec<(proto::Settlement, &str)> = vec![
             (proto::Settlement { result: 0, ..settlement.clone() }, "result"),
             (proto::Settlement { result: 5, ..settlement.clone() }, "result"),
@@ -627,11 +712,11 @@ mod tests {
             (proto::Settlement { event_ticker: String::new(), ..settlement.clone() }, "event_ticker"),
         ];
         for (s, field) in cases {
-            assert_field(validate::settlement(at, &s, now), &format!("settlements[0].{field}"));
+            assert_field(validate::settlement(at, &b, &s), &format!("settlements[0].{field}"));
         }
-        assert_field(validate::series(At::item("series", 4), &proto::Series::default(), now), "series[4].ticker");
+        assert_field(validate::series(At::item("series", 4), &b, &proto::Series::default()), "series[4].ticker");
         let event = proto::Event { event_ticker: "KX-E".into(), ..Default::default() };
-        assert_field(validate::event(At::item("events", 0), &event, now), "events[0].series_ticker");
+        assert_field(validate::event(At::item("events", 0), &b, &event), "events[0].series_ticker");
         let lifecycle = proto::LifecycleEvent {
             market_ticker: "KX-A".into(),
             time: Some(Timestamp { seconds: 1_767_571_200, nanos: 0 }),
@@ -639,10 +724,72 @@ mod tests {
             ..Default::default()
         };
         let at = At::item("events", 3);
-        assert_field(validate::lifecycle(at, &lifecycle), "events[3].event_type");
+        assert_field(validate::lifecycle(at, &B, &lifecycle), "events[3].event_type");
         let bad_result = proto::LifecycleEvent { event_type: 5, result: 7, ..lifecycle.clone() };
-        assert_field(validate::lifecycle(at, &bad_result), "events[3].result");
+        assert_field(validate::lifecycle(at, &B, &bad_result), "events[3].result");
         let bad_value = proto::LifecycleEvent { event_type: 5, settlement_value_micros: Some(-1), ..lifecycle };
-        assert_field(validate::lifecycle(at, &bad_value), "events[3].settlement_value_micros");
+        assert_field(validate::lifecycle(at, &B, &bad_value), "events[3].settlement_value_micros");
+    }
+
+    #[test]
+    fn counts_fact_times_and_updates_past_the_limits_are_refused_naming_the_limit() {
+        let max = Limits::default().max_count_centi;
+        assert_eq!(
+            validate::trade(AT, &B, &proto::Trade { count_centi: max, ..good() }).expect("max").count_centi,
+            max
+        );
+        let over = validate::trade(AT, &B, &proto::Trade { count_centi: max + 1, ..good() });
+        assert!(over.expect_err("over").to_string().contains("max_count_centi"));
+        // Kalshi's first day is the earliest; today + 7 days (2026-03-08) is the last day a fact may carry
+        let at = |s: &str| {
+            let t = DateTime::parse_from_rfc3339(s).expect("time");
+            Some(Timestamp { seconds: t.timestamp(), nanos: 0 })
+        };
+        for (time, ok) in [
+            ("2021-06-30T23:59:59Z", false),
+            ("2021-07-01T00:00:00Z", true),
+            ("2026-03-08T23:59:59Z", true),
+            ("2026-03-09T00:00:00Z", false),
+            ("9999-01-01T00:00:00Z", false),
+        ] {
+            let trade = proto::Trade { time: at(time), ..good() };
+            let checked = validate::trade(AT, &B, &trade);
+            assert_eq!(checked.is_ok(), ok, "{time}: {checked:?}");
+            if !ok {
+                let error = checked.expect_err(time).to_string();
+                assert!(error.starts_with("trades[7].time: ") && error.contains("max_fact_days_ahead"), "{error}");
+            }
+        }
+        let delta = proto::OrderbookDelta {
+            market_ticker: "KX-A".into(),
+            time: at("2026-01-05T00:00:00Z"),
+            sid: 1,
+            seq: 1,
+            side: Side::Yes as i32,
+            price_micros: 1,
+            delta_centi: -max - 1,
+            ingest_seq: 0,
+        };
+        assert_field(validate::delta(At::item("deltas", 0), &B, &delta), "deltas[0].delta_centi");
+        let level = proto::OrderbookLevel { price_micros: 5, size_centi: max + 1 };
+        let snapshot = proto::OrderbookSnapshot {
+            market_ticker: "KX-A".into(),
+            time: at("2026-01-05T00:00:00Z"),
+            no_bids: vec![level],
+            ..Default::default()
+        };
+        assert_field(validate::snapshot(At::item("snapshots", 0), &B, &snapshot), "snapshots[0].no_bids[0].size_centi");
+        // a reference row may be dated up to five minutes ahead of the server, not more
+        let market = |time: &str| proto::Market {
+            ticker: "KX-A".into(),
+            event_ticker: "KX-E".into(),
+            series_ticker: "KX".into(),
+            status: MarketStatus::Active as i32,
+            updated_time: at(time),
+            ..Default::default()
+        };
+        assert!(validate::market(AT, &B, &market("2026-03-01T12:05:00Z")).is_ok());
+        let frozen = validate::market(AT, &B, &market("9999-12-31T00:00:00Z")).expect_err("ahead").to_string();
+        assert!(frozen.starts_with("trades[7].updated_time: ") && frozen.contains("max_updated_time_skew"), "{frozen}");
     }
 }

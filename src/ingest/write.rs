@@ -28,7 +28,7 @@ use std::pin::pin;
 use chrono::NaiveDate;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 
-use super::tables::{Kind, Row, Table};
+use super::tables::{self, Kind, Row, Table};
 use crate::{
     error::Error,
     proto,
@@ -88,6 +88,10 @@ pub struct PendingWrite {
     days: BTreeSet<NaiveDate>,
     /// The tables staged for, in the order of their first rows, with the rows staged so far.
     staged: Vec<(&'static Table, i64)>,
+    /// Rows pushed so far, all tables together, and the most one write may hold (max_rows_per_write): one write
+    /// is one transaction and its staging tables, which must not grow with whatever a client sends.
+    rows: u64,
+    max_rows: u64,
 }
 
 const FACT_WRITE_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext('kalshi_replay.fact_writes'))";
@@ -104,6 +108,8 @@ impl fmt::Debug for PendingWrite {
 pub struct Committed {
     pub watermark: i64,
     pub stored: BTreeMap<&'static str, Stored>,
+    /// Distinct markets of the write's facts that had no reference row at the commit.
+    pub unreferenced: i64,
 }
 
 impl Committed {
@@ -114,10 +120,26 @@ impl Committed {
 }
 
 impl PendingWrite {
-    /// A write to `pool`. It takes its connection when it first stages rows, so a client stream that sends
-    /// little, or slowly, holds no connection until then.
-    pub fn new(pool: &Pool) -> Self {
-        Self { pool: pool.clone(), conn: None, days: BTreeSet::new(), staged: Vec::new() }
+    /// A write to `pool` of at most `max_rows` rows. It takes its connection when it first stages rows, so a
+    /// client stream that sends little, or slowly, holds no connection until then.
+    pub fn new(pool: &Pool, max_rows: u64) -> Self {
+        Self { pool: pool.clone(), conn: None, days: BTreeSet::new(), staged: Vec::new(), rows: 0, max_rows }
+    }
+
+    /// Counts one more row; past max_rows the write is refused (TooLarge, which the caller names with the
+    /// item's position), and, dropped uncommitted, writes nothing.
+    fn admit(&mut self) -> Result<(), Error> {
+        if self.rows >= self.max_rows {
+            return Err(Error::TooLarge {
+                field: String::new(),
+                reason: format!(
+                    "one write holds at most {} items (max_rows_per_write); send the rest in another write",
+                    self.max_rows
+                ),
+            });
+        }
+        self.rows += 1;
+        Ok(())
     }
 
     /// The write's connection.
@@ -172,7 +194,7 @@ impl PendingWrite {
         let Some(conn) = self.conn.take() else {
             // nothing was staged: nothing to store
             let watermark = self.pool.get().await?.query_one(WATERMARK, &[]).await?.get(0);
-            return Ok(Committed { watermark, stored: BTreeMap::new() });
+            return Ok(Committed { watermark, stored: BTreeMap::new(), unreferenced: 0 });
         };
         let stored = async {
             conn.batch_execute("BEGIN").await?;
@@ -188,9 +210,13 @@ impl PendingWrite {
                 stored.insert(table.name, Stored { inserted, updated, skipped: staged - inserted - updated });
             }
             let watermark: i64 = conn.query_one(WATERMARK, &[]).await?.get(0);
+            let unreferenced = match tables::unreferenced_sql(self.staged.iter().map(|(t, _)| *t)) {
+                Some(sql) => conn.query_one(&sql, &[]).await?.get(0),
+                None => 0,
+            };
             let staging: Vec<String> = self.staged.iter().map(|(t, _)| t.staging()).collect();
             conn.batch_execute(&format!("DROP TABLE {}; COMMIT", staging.join(", "))).await?;
-            Ok::<_, Error>(Committed { watermark, stored })
+            Ok::<_, Error>(Committed { watermark, stored, unreferenced })
         }
         .await;
         if stored.is_err() {
@@ -226,6 +252,7 @@ impl<R: Row> Default for RowBuffer<R> {
 impl<R: Row> RowBuffer<R> {
     /// Adds a validated row.
     pub async fn push(&mut self, write: &mut PendingWrite, row: R) -> Result<(), Error> {
+        write.admit()?;
         self.pending.push(row);
         if self.pending.len() == STAGE_ROWS {
             write.stage(&mut self.pending).await?;

@@ -40,9 +40,13 @@ SELECT c.ticker, day, trade_count, delta_count, snapshot_count, first_trade_ts, 
  WHERE ($2::date IS NULL OR day >= $2)
    AND ($3::date IS NULL OR day < $3)";
 
-/// The requested tickers that are markets. (An anti-join returning the unknown ones returns fewer rows, but it
-/// measured slower.)
-const SELECT_KNOWN: &str = "SELECT m.ticker FROM unnest($1::text[]) AS t(ticker) JOIN markets m ON m.ticker = t.ticker";
+/// The requested tickers that are markets: by their reference row, or by their facts alone (a collector may store
+/// trades before it upserts their market; those are answered like any market's). (An anti-join returning the
+/// unknown ones returns fewer rows, but it measured slower.)
+const SELECT_KNOWN: &str = "
+SELECT t.ticker FROM unnest($1::text[]) AS t(ticker)
+ WHERE EXISTS (SELECT 1 FROM markets m WHERE m.ticker = t.ticker)
+    OR EXISTS (SELECT 1 FROM coverage_daily c WHERE c.ticker = t.ticker)";
 
 /// The validated request: its tickers, start and end.
 pub type CoverageQuery = (Vec<String>, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
@@ -75,8 +79,9 @@ pub fn validate(request: &GetCoverageRequest) -> Result<CoverageQuery, Error> {
 }
 
 /// What the service holds for each of `tickers` (unique, as [`validate`] leaves them) over the UTC days that
-/// [start, end) touches: one entry per ticker, in the same order. Tickers that are not markets are NOT_FOUND, all
-/// of them named, rather than answered with an empty coverage that looks like a market without data.
+/// [start, end) touches: one entry per ticker, in the same order. Tickers that are not markets (no reference row
+/// and no facts) are NOT_FOUND, all of them named, rather than answered with an empty coverage that looks like a
+/// market without data.
 pub async fn coverage(
     conn: &impl Prepare,
     tickers: &[String],

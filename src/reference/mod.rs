@@ -20,7 +20,6 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     error::Error,
-    limits::Limits,
     proto::{
         Event, GetCoverageRequest, GetCoverageResponse, GetEventRequest, GetEventResponse, GetMarketRequest,
         GetMarketResponse, GetSeriesRequest, GetSeriesResponse, GetSettlementRequest, GetSettlementResponse,
@@ -57,13 +56,12 @@ pub struct ReferenceApi {
     pool: Pool,
     /// Lookups by key; served only while its listener listens (see [`crate::reference::cache`]).
     cache: ReferenceCache,
-    limits: Limits,
 }
 
 impl ReferenceApi {
-    /// A service reading from `pool`, keeping lookups by key in `cache`, within `limits`.
-    pub fn new(pool: Pool, cache: ReferenceCache, limits: Limits) -> Self {
-        Self { pool, cache, limits }
+    /// A service reading from `pool`, keeping lookups by key in `cache`.
+    pub fn new(pool: Pool, cache: ReferenceCache) -> Self {
+        Self { pool, cache }
     }
 
     /// Runs one query and maps its rows.

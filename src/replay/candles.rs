@@ -39,16 +39,22 @@ pub(crate) struct CandleStream {
 
 stream_request!(StreamCandlesRequest, |request| Self { resume_token: String::new(), batch_size: 0, ..request.clone() });
 
-/// Per selected market: its close time and its last trade before $1 (at or below the watermark $2 when set):
-/// what fill and `previous` need from before the trades the stream reads.
+/// Per selected market ($3, or every market when NULL): its close time and its last trade before $1 (at or below
+/// the watermark $2 when set): what fill and `previous` need from before the trades the stream reads. A market
+/// known only by its facts has no close time.
 const BEFORE: &str = "
-SELECT m.ticker, m.close_time, p.ts, p.yes_price_micros
-  FROM markets m
+SELECT k.ticker, m.close_time, p.ts, p.yes_price_micros
+  FROM (SELECT unnest($3::text[]) AS ticker
+        UNION ALL
+        SELECT ticker FROM markets WHERE $3::text[] IS NULL
+        UNION ALL
+        SELECT DISTINCT c.ticker FROM coverage_daily c
+         WHERE $3::text[] IS NULL AND NOT EXISTS (SELECT 1 FROM markets o WHERE o.ticker = c.ticker)) k
+  LEFT JOIN markets m ON m.ticker = k.ticker
   LEFT JOIN LATERAL (
         SELECT ts, yes_price_micros FROM trades t
-         WHERE t.ticker = m.ticker AND t.ts < $1 AND ($2::bigint IS NULL OR t.ingest_seq <= $2)
-         ORDER BY ts DESC, trade_id DESC LIMIT 1) p ON true
- WHERE $3::text[] IS NULL OR m.ticker = ANY($3)";
+         WHERE t.ticker = k.ticker AND t.ts < $1 AND ($2::bigint IS NULL OR t.ingest_seq <= $2)
+         ORDER BY ts DESC, trade_id DESC LIMIT 1) p ON true";
 
 impl StreamBody for CandleStream {
     type Request = StreamCandlesRequest;

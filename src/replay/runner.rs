@@ -65,7 +65,7 @@ pub(crate) async fn start<B: StreamBody>(
     let spec = StreamSpec::validate(&request, B::KIND)?;
     let body = B::new(&request, spec)?;
     let permit = admission.stream(peer)?;
-    let snapshot = Snapshot::open(pool, body.spec()).await?;
+    let snapshot = Snapshot::open(pool, body.spec(), limits.max_selection_markets).await?;
     let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
     let outgoing = Outgoing::new(rx);
     let watch = Watch {
@@ -362,7 +362,8 @@ mod tests {
         };
         let spec = StreamSpec::validate(&request, token::Kind::Trades).expect("valid");
         let body = Panicking::new(&request, spec).expect("body");
-        let snapshot = Snapshot::open(&pool, body.spec()).await.expect("snapshot");
+        let snapshot =
+            Snapshot::open(&pool, body.spec(), Limits::default().max_selection_markets).await.expect("snapshot");
         let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
         let mut outgoing = Outgoing::new(rx);
         let watch = Watch {

@@ -48,17 +48,32 @@ impl std::fmt::Debug for Snapshot {
     }
 }
 
-/// Resolves the selection: the markets named, and those of the events and series named; the names that match
-/// nothing, with their kind; and whether the result is every market.
+/// Resolves the selection: the markets named, and those of the events and series named, at most $4 of them; the
+/// names that match nothing, with their kind; and how many markets there are, when that may equal the selection.
+///
+/// A market ticker is known by its reference row or by its facts (coverage_daily): a collector may store trades
+/// before it upserts their market, and those must be readable by their ticker. Events and series expand only
+/// through reference rows (markets.event_ticker, markets.series_ticker): a market without one is in no event.
+/// The stream reads without a ticker filter only when the selection is every market; counting the markets that
+/// only facts know scans coverage_daily, so it runs only when the selection holds at least as many markets as
+/// have reference rows (a CASE evaluates its subquery only when taken).
 const RESOLVE: &str = "
-WITH selected AS (
-    SELECT ticker FROM markets
-     WHERE ticker = ANY($1::text[]) OR event_ticker = ANY($2::text[]) OR series_ticker = ANY($3::text[])
+WITH named AS (
+    SELECT name AS ticker FROM unnest($1::text[]) AS name
+     WHERE EXISTS (SELECT 1 FROM markets WHERE ticker = name)
+        OR EXISTS (SELECT 1 FROM coverage_daily WHERE ticker = name)
+), selected AS (
+    SELECT ticker FROM named
+    UNION
+    SELECT ticker FROM markets WHERE event_ticker = ANY($2::text[]) OR series_ticker = ANY($3::text[])
+    LIMIT $4
+), referenced AS (
+    SELECT count(*) AS n FROM markets
 )
 SELECT 'market' AS kind, ticker FROM selected
 UNION ALL
 SELECT 'unknown market ticker', name FROM unnest($1::text[]) AS name
- WHERE NOT EXISTS (SELECT 1 FROM markets WHERE ticker = name)
+ WHERE name NOT IN (SELECT ticker FROM named)
 UNION ALL
 SELECT 'unknown event ticker', name FROM unnest($2::text[]) AS name
  WHERE NOT EXISTS (SELECT 1 FROM events WHERE event_ticker = name)
@@ -68,16 +83,19 @@ SELECT 'unknown series ticker', name FROM unnest($3::text[]) AS name
  WHERE NOT EXISTS (SELECT 1 FROM series WHERE ticker = name)
    AND NOT EXISTS (SELECT 1 FROM markets WHERE series_ticker = name)
 UNION ALL
-SELECT 'total', count(*)::text FROM markets";
+SELECT 'total', (referenced.n + CASE WHEN (SELECT count(*) FROM selected) < referenced.n THEN 0 ELSE
+         (SELECT count(DISTINCT c.ticker) FROM coverage_daily c
+           WHERE NOT EXISTS (SELECT 1 FROM markets m WHERE m.ticker = c.ticker)) END)::text
+  FROM referenced";
 
 impl Snapshot {
     /// Opens the snapshot of a stream: takes a pooled connection, begins the transaction, reads the watermark
-    /// and resolves the selection in it.
-    pub(crate) async fn open(pool: &Pool, spec: &StreamSpec) -> Result<Self, Error> {
+    /// and resolves the selection in it, to at most `max_markets` markets (RESOURCE_EXHAUSTED beyond).
+    pub(crate) async fn open(pool: &Pool, spec: &StreamSpec, max_markets: usize) -> Result<Self, Error> {
         let (common, resume) = (&spec.selection, &spec.resume);
         let conn = pool.get_owned().await?;
         conn.batch_execute(&format!("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; {PLAN_SETTINGS}")).await?;
-        let opened = Self::read(conn, common, resume, pool.clone()).await;
+        let opened = Self::read(conn, common, resume, max_markets, pool.clone()).await;
         if let Err((conn, _)) = &opened {
             rollback(conn).await;
         }
@@ -89,14 +107,17 @@ impl Snapshot {
         conn: PooledConnection<'static, Manager>,
         common: &Selection,
         resume: &Resume,
+        max_markets: usize,
         pool: Pool,
     ) -> Result<Self, (PooledConnection<'static, Manager>, Error)> {
+        // one more than the limit tells a selection at the limit from one beyond it
+        let limit = i64::try_from(max_markets).unwrap_or(i64::MAX).saturating_add(1);
         let queried = async {
             let version = conn.prepared("SELECT watermark FROM data_version", &[]);
             let resolve = conn.prepared(RESOLVE, &[]);
             let (version, resolve) = tokio::try_join!(version, resolve)?;
-            let params: [&(dyn ToSql + Sync); 3] =
-                [&common.market_tickers, &common.event_tickers, &common.series_tickers];
+            let params: [&(dyn ToSql + Sync); 4] =
+                [&common.market_tickers, &common.event_tickers, &common.series_tickers, &limit];
             tokio::try_join!(conn.query_one(&version, &[]), conn.query(&resolve, &params))
         };
         let (version, rows) = match queried.await {
@@ -132,6 +153,13 @@ impl Snapshot {
             names.sort_unstable();
             names.dedup();
             return Err((conn, Error::NotFound { kind, names }));
+        }
+        if markets.len() > max_markets {
+            let reason = format!(
+                "the selection expands to more than {max_markets} markets (max_selection_markets); \
+                 split it into several streams, e.g. by event or series"
+            );
+            return Err((conn, Error::ResourceExhausted(reason)));
         }
         markets.sort_unstable();
         markets.dedup();
