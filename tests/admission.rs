@@ -27,7 +27,6 @@ async fn app_with(limits: Limits, pools: (u32, u32)) -> TestApp {
         partitions_ahead: 2,
         health_interval: Duration::from_millis(200),
         limits,
-        ..ServerOptions::default()
     };
     let app = TestApp::start_with_pools(options, pools, Duration::from_secs(2)).await;
     let spec = kalshi_replay::generate::DatasetSpec {
@@ -95,7 +94,7 @@ async fn stalled_streams_are_capped_while_lookups_health_and_writes_go_on() {
     let mut slowest = Duration::ZERO;
     for _ in 0..20 {
         let started = Instant::now();
-        reference.get_market(GetMarketRequest { ticker: market.clone(), ..Default::default() }).await.expect("get");
+        reference.get_market(GetMarketRequest { ticker: market.clone() }).await.expect("get");
         reference.list_markets(ListMarketsRequest { page_size: 100, ..Default::default() }).await.expect("list");
         slowest = slowest.max(started.elapsed());
     }
