@@ -9,9 +9,9 @@ use tonic::{server::NamedService, transport::Server, transport::server::TcpIncom
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
-    limits::Limits,
     error::Error,
     ingest::IngestApi,
+    limits::Limits,
     proto::{
         FILE_DESCRIPTOR_SET, ingest_service_server::IngestServiceServer,
         reference_service_server::ReferenceServiceServer, replay_service_server::ReplayServiceServer,
@@ -21,6 +21,7 @@ use crate::{
     replay::ReplayApi,
     store::db::Pool,
     store::partitions,
+    token::TokenKey,
 };
 
 /// Server settings that are not the listener or the pool.
@@ -72,6 +73,8 @@ pub async fn run(
     for name in SERVICE_NAMES {
         reporter.set_service_status(name, ServingStatus::Serving).await;
     }
+    // signs page and resume tokens alike on every server of this database, across restarts
+    let tokens = TokenKey::load(&*pool.get().await?).await?;
     let cache = ReferenceCache::default();
     let background = [
         tokio::spawn(watch_database(pool.clone(), reporter, options.health_interval)),
@@ -85,8 +88,13 @@ pub async fn run(
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(ReferenceServiceServer::new(ReferenceApi::new(pool.clone(), cache, options.limits.clone())))
-        .add_service(ReplayServiceServer::new(ReplayApi::new(pool.clone(), options.limits.clone())))
+        .add_service(ReferenceServiceServer::new(ReferenceApi::new(
+            pool.clone(),
+            cache,
+            options.limits.clone(),
+            tokens.clone(),
+        )))
+        .add_service(ReplayServiceServer::new(ReplayApi::new(pool.clone(), options.limits.clone(), tokens)))
         .add_service(IngestServiceServer::new(IngestApi::new(pool, options.limits.clone())))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;

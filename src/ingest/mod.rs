@@ -17,8 +17,8 @@ use self::{
     write::{PendingWrite, RowBuffer, Stored},
 };
 use crate::{
-    limits::Limits,
     error::Error,
+    limits::Limits,
     proto::{
         IngestLifecycleRequest, IngestLifecycleResponse, IngestOrderbookRequest, IngestOrderbookResponse,
         IngestTradesRequest, IngestTradesResponse, UpsertCounts, UpsertEventsRequest, UpsertEventsResponse,

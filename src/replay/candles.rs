@@ -231,7 +231,7 @@ impl CandleBatcher {
         let candles = std::mem::replace(&mut self.batch, Vec::with_capacity(self.size));
         StreamCandlesResponse {
             payload: Some(Payload::Candles(CandleBatch { candles })),
-            resume_token: position.token(Kind::Candles, resume.binding),
+            resume_token: position.token(Kind::Candles, &resume.binding),
         }
     }
 }

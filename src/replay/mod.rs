@@ -38,6 +38,7 @@ use crate::{
         replay_service_server::ReplayService,
     },
     store::db::Pool,
+    token::TokenKey,
 };
 
 /// ReplayService over the pool.
@@ -45,12 +46,14 @@ use crate::{
 pub struct ReplayApi {
     pool: Pool,
     limits: Limits,
+    /// Signs and checks the resume tokens; the database's key, read once at start.
+    tokens: TokenKey,
 }
 
 impl ReplayApi {
-    /// A service reading from `pool`, within `limits`.
-    pub fn new(pool: Pool, limits: Limits) -> Self {
-        Self { pool, limits }
+    /// A service reading from `pool`, within `limits`, its resume tokens signed with `tokens`.
+    pub fn new(pool: Pool, limits: Limits, tokens: TokenKey) -> Self {
+        Self { pool, limits, tokens }
     }
 }
 
@@ -61,7 +64,7 @@ impl ReplayService for ReplayApi {
         &self,
         request: Request<StreamTradesRequest>,
     ) -> Result<Response<BoxStream<StreamTradesResponse>>, Status> {
-        runner::start::<trades::TradeStream>(&self.pool, &self.limits, request).await
+        runner::start::<trades::TradeStream>(&self.pool, &self.limits, &self.tokens, request).await
     }
 
     #[tracing::instrument(skip_all)]
@@ -69,6 +72,6 @@ impl ReplayService for ReplayApi {
         &self,
         request: Request<StreamCandlesRequest>,
     ) -> Result<Response<BoxStream<StreamCandlesResponse>>, Status> {
-        runner::start::<candles::CandleStream>(&self.pool, &self.limits, request).await
+        runner::start::<candles::CandleStream>(&self.pool, &self.limits, &self.tokens, request).await
     }
 }

@@ -46,11 +46,12 @@ pub(crate) trait StreamBody: Sized + Send + 'static {
 pub(crate) async fn start<B: StreamBody>(
     pool: &Pool,
     limits: &Limits,
+    tokens: &token::TokenKey,
     request: Request<B::Request>,
 ) -> Result<Response<BoxStream<B::Response>>, Status> {
     let deadline = request::deadline(request.metadata());
     let request = request.into_inner();
-    let spec = StreamSpec::validate(&request, B::KIND)?;
+    let spec = StreamSpec::validate(&request, B::KIND, tokens)?;
     let body = B::new(&request, spec)?;
     let snapshot = Snapshot::open(pool, body.spec()).await?;
     let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);

@@ -24,7 +24,7 @@ use crate::{
         stream_trades_response::Payload,
     },
     store::copy,
-    token::Kind,
+    token::{self, Kind},
 };
 
 /// Micro-dollars of a contract's payout; the NO price is this minus the YES price.
@@ -119,7 +119,7 @@ impl StreamBody for TradeStream {
                         encode_key(&trade, &mut position.key);
                         reader.consume(&tuple);
                         if batch.len == batch_size {
-                            let message = batch.take(&position, resume.binding);
+                            let message = batch.take(&position, &resume.binding);
                             runner::send(tx, message).await?;
                         }
                     }
@@ -128,7 +128,7 @@ impl StreamBody for TradeStream {
             reader.finish()?;
         }
         if batch.len > 0 {
-            let message = batch.take(&position, resume.binding);
+            let message = batch.take(&position, &resume.binding);
             runner::send(tx, message).await?;
         }
         let summary = runner::summary(position.count, &position.hash, snapshot.watermark);
@@ -380,7 +380,7 @@ impl TradeBatcher {
     }
 
     /// The filled message with the token that resumes after `position`; the batch starts over.
-    fn take(&mut self, position: &Position, binding: [u8; 8]) -> StreamTradesResponse {
+    fn take(&mut self, position: &Position, binding: &token::Binding) -> StreamTradesResponse {
         let resume_token = position.token(Kind::Trades, binding);
         self.len = 0;
         let payload = match self.layout {
@@ -401,6 +401,10 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     use super::*;
+
+    fn test_binding() -> token::Binding {
+        token::TokenKey::new(&[0; 32]).expect("key").binding(b"")
+    }
 
     fn random_trade<'a>(rng: &mut impl Rng, ticker: &'a str, trade_id: &'a str) -> CopiedTrade<'a> {
         CopiedTrade {
@@ -447,7 +451,7 @@ mod tests {
             expected.push(to_proto(&trade));
         }
         let position = Position { watermark: 1, count: 10, hash: ContentHash::default(), key: Vec::new() };
-        let message = batch.take(&position, [0; 8]);
+        let message = batch.take(&position, &test_binding());
         let decoded = StreamTradesResponse::decode(message.encode_to_vec().as_slice()).expect("decodes");
         match decoded.payload {
             Some(Payload::Trades(batch)) => assert_eq!(batch.trades, expected),
@@ -488,13 +492,13 @@ mod tests {
                 expected.trade_id.push(id.clone());
                 expected.ingest_seq.push(trade.ingest_seq);
             }
-            let message = batch.take(&position, [0; 8]);
+            let message = batch.take(&position, &test_binding());
             let Some(Payload::Columns(columns)) = &message.payload else { panic!("{message:?}") };
             let bytes = columns.encode_to_vec();
             assert_eq!(bytes, expected.encode_to_vec(), "the wire form of the generated message");
             assert_eq!(TradeColumns::decode(bytes.as_slice()).expect("decodes"), expected);
         }
-        let empty = batch.take(&position, [0; 8]);
+        let empty = batch.take(&position, &test_binding());
         let Some(Payload::Columns(columns)) = &empty.payload else { panic!("{empty:?}") };
         assert!(columns.encode_to_vec().is_empty(), "an empty batch encodes to nothing, as prost's does");
     }

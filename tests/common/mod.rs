@@ -219,12 +219,15 @@ impl TestApp {
     }
 
     pub async fn start() -> Self {
-        Self::start_with(ServerOptions {
-            partitions_ahead: 2,
-            health_interval: Duration::from_millis(200),
-            ..ServerOptions::default()
-        }, TIMEOUT)
-            .await
+        Self::start_with(
+            ServerOptions {
+                partitions_ahead: 2,
+                health_interval: Duration::from_millis(200),
+                ..ServerOptions::default()
+            },
+            TIMEOUT,
+        )
+        .await
     }
 
     /// With other server options and pool connection timeout.
