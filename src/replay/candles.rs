@@ -107,7 +107,8 @@ impl StreamBody for CandleStream {
         }
 
         let (sources, segments) = segments(from, end, self.interval, snapshot.markets.as_deref(), watermark);
-        let mut copies = OrderedCopy::start(snapshot, segments).await;
+        let bound = sql::Bound { markets: snapshot.markets.clone(), after: None };
+        let mut copies = OrderedCopy::start(snapshot, segments, &bound).await?;
         let mut out = CandleBatcher { batch: Vec::with_capacity(*batch), size: *batch, encoded: Vec::new() };
         for source in sources {
             let Some(mut blocks) = copies.next_segment().await? else { break };
@@ -162,7 +163,9 @@ enum SegmentRows {
 
 /// The COPY statements that read [from, end) for `interval`, in order, and what each one reads: the write-time
 /// aggregates where whole buckets tile the periods, the trades elsewhere; each cut at midnights into runs of
-/// days (one or more day partitions, read two at a time by [`OrderedCopy`]).
+/// days (one or more day partitions, read two at a time by [`OrderedCopy`]). The statements read `markets` from
+/// the transaction ([`sql::Bound`]); a candle stream's resumption needs no key in SQL (it skips candles as it
+/// folds them).
 fn segments(
     from: i64,
     end: i64,
