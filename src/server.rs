@@ -25,6 +25,7 @@ use crate::{
     replay::ReplayApi,
     store::db::{Database, Pool},
     store::partitions,
+    token::TokenKey,
 };
 
 /// The server's connection pools.
@@ -106,6 +107,8 @@ pub async fn run(
     for name in SERVICE_NAMES {
         reporter.set_service_status(name, ServingStatus::Serving).await;
     }
+    // signs page and resume tokens alike on every server of this database, across restarts
+    let tokens = TokenKey::load(&*pools.lookups.get().await?).await?;
     let cache = ReferenceCache::default();
     let background = [
         tokio::spawn(watch_database(pools.lookups.clone(), reporter, options.health_interval)),
@@ -116,12 +119,13 @@ pub async fn run(
     tracing::info!(%local, "serving grpc");
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let (decode, encode) = (limits.max_decoding_message_bytes, limits.max_encoding_message_bytes);
-    let reference = ReferenceServiceServer::new(ReferenceApi::new(pools.lookups.clone(), cache))
+    let reference = ReferenceServiceServer::new(ReferenceApi::new(pools.lookups.clone(), cache, tokens.clone()))
         .max_decoding_message_size(decode)
         .max_encoding_message_size(encode);
-    let replay = ReplayServiceServer::new(ReplayApi::new(pools.data.clone(), admission.clone(), limits.clone()))
-        .max_decoding_message_size(decode)
-        .max_encoding_message_size(encode);
+    let replay =
+        ReplayServiceServer::new(ReplayApi::new(pools.data.clone(), admission.clone(), limits.clone(), tokens))
+            .max_decoding_message_size(decode)
+            .max_encoding_message_size(encode);
     let ingest = IngestServiceServer::new(IngestApi::new(pools.data.clone(), admission.clone(), limits.clone()))
         .max_decoding_message_size(decode)
         .max_encoding_message_size(encode);

@@ -23,11 +23,7 @@ use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus,
 /// A server with `limits` over pools of (data, lookups) connections, holding a generated dataset of 400,000
 /// trades: far more than the transport buffers, so a client that reads nothing stalls its stream.
 async fn app_with(limits: Limits, pools: (u32, u32)) -> TestApp {
-    let options = ServerOptions {
-        partitions_ahead: 2,
-        health_interval: Duration::from_millis(200),
-        limits,
-    };
+    let options = ServerOptions { partitions_ahead: 2, health_interval: Duration::from_millis(200), limits };
     let app = TestApp::start_with_pools(options, pools, Duration::from_secs(2)).await;
     let spec = kalshi_replay::generate::DatasetSpec {
         seed: 11,

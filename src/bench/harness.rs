@@ -176,11 +176,14 @@ pub(super) async fn psql_copy(
     }
     // psql does not count COPY TO STDOUT rows in -q mode: count them once, outside the timing
     let counted = Command::new(psql)
-        .args(["-X", "-q", "-t", "-A", "-d", url, "-c", &format!("SELECT count(*) FROM ({select}) AS s")])
+        .args(["-X", "-q", "-t", "-A", "-d", url])
+        .args(settings.split("; ").filter(|set| !set.is_empty()).flat_map(|set| ["-c", set]))
+        .args(["-c", &format!("SELECT count(*) FROM ({select}) AS s")])
         .output()
         .await
         .map_err(|e| Error::io("count rows with psql", e))?;
-    let rows = String::from_utf8_lossy(&counted.stdout).trim().parse().unwrap_or(0);
+    // the count is the last line (a setting's SELECT prints its value first)
+    let rows = String::from_utf8_lossy(&counted.stdout).lines().last().unwrap_or("").trim().parse().unwrap_or(0);
     Ok((rows, seconds))
 }
 

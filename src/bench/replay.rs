@@ -16,7 +16,7 @@ use crate::{
     error::Error,
     proto::{Layout, StreamTradesRequest, replay_service_client::ReplayServiceClient, stream_trades_response::Payload},
     replay::snapshot::PLAN_SETTINGS,
-    replay::trades,
+    replay::{sql, trades},
     store::db::Database,
     store::pg,
 };
@@ -41,6 +41,11 @@ async fn measure(db: &Database, args: &BenchReplayArgs) -> Result<Report, Error>
     let psql = pg::psql()?;
     let all_sql = trades::select_sql(start, end, None, None, None);
     let hot_sql = trades::select_sql(start, end, Some(std::slice::from_ref(&hot)), None, None);
+    // the stream binds its market as a setting of its transaction; psql's session gets the same one
+    let hot_settings = format!(
+        "{PLAN_SETTINGS}; SELECT set_config('kalshi_replay.markets', {}, false)",
+        sql::literal(&format!("{{\"{}\"}}", hot.replace('\\', "\\\\").replace('"', "\\\""))),
+    );
     let (runs, peak_rss) = with_server(&url, async |channel| {
         let client = ReplayServiceClient::new(channel).max_decoding_message_size(64 << 20);
         let request = |layout: Layout, series: Vec<String>, markets: Vec<String>| StreamTradesRequest {
@@ -55,10 +60,10 @@ async fn measure(db: &Database, args: &BenchReplayArgs) -> Result<Report, Error>
         let mut runs = Vec::new();
         for run in 1..=args.runs {
             let measured = Run {
-                copy: copy(&psql, &url, &all_sql).await?,
+                copy: copy(&psql, &url, &all_sql, PLAN_SETTINGS).await?,
                 rows: stream(client.clone(), request(Layout::Rows, series.clone(), Vec::new())).await?,
                 columns: stream(client.clone(), request(Layout::Columns, series.clone(), Vec::new())).await?,
-                hot_copy: copy(&psql, &url, &hot_sql).await?,
+                hot_copy: copy(&psql, &url, &hot_sql, &hot_settings).await?,
                 hot_rows: stream(client.clone(), request(Layout::Rows, Vec::new(), vec![hot.clone()])).await?,
             };
             tracing::info!(run, ?measured, "measured");
@@ -77,8 +82,8 @@ async fn measure(db: &Database, args: &BenchReplayArgs) -> Result<Report, Error>
 }
 
 /// psql's binary COPY of `select` to /dev/null, under the stream's planner settings: (rows, seconds).
-async fn copy(psql: &PathBuf, url: &str, select: &str) -> Result<(u64, f64), Error> {
-    psql_copy(psql, url, select, PLAN_SETTINGS, true).await
+async fn copy(psql: &PathBuf, url: &str, select: &str, settings: &str) -> Result<(u64, f64), Error> {
+    psql_copy(psql, url, select, settings, true).await
 }
 
 /// StreamTrades to the end, decoding and touching every trade: (trades, seconds).

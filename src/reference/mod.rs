@@ -56,12 +56,14 @@ pub struct ReferenceApi {
     pool: Pool,
     /// Lookups by key; served only while its listener listens (see [`crate::reference::cache`]).
     cache: ReferenceCache,
+    /// Signs and checks the page tokens; the database's key, read once at start.
+    tokens: token::TokenKey,
 }
 
 impl ReferenceApi {
-    /// A service reading from `pool`, keeping lookups by key in `cache`.
-    pub fn new(pool: Pool, cache: ReferenceCache) -> Self {
-        Self { pool, cache }
+    /// A service reading from `pool`, keeping lookups by key in `cache`, its page tokens signed with `tokens`.
+    pub fn new(pool: Pool, cache: ReferenceCache, tokens: token::TokenKey) -> Self {
+        Self { pool, cache, tokens }
     }
 
     /// Runs one query and maps its rows.
@@ -155,7 +157,7 @@ impl ReferenceService for ReferenceApi {
     #[tracing::instrument(skip_all)]
     async fn list_series(&self, request: Request<ListSeriesRequest>) -> Result<Response<ListSeriesResponse>, Status> {
         let req = request.into_inner();
-        let page = Page::of(&req, Kind::Series, |r| (&mut r.page_size, &mut r.page_token))?;
+        let page = Page::of(&req, Kind::Series, &self.tokens, |r| (&mut r.page_size, &mut r.page_token))?;
         let mut query = Query::new(format!("SELECT {SERIES_COLUMNS} FROM series"));
         if !req.category.is_empty() {
             query.filter("category = {}", req.category.clone(), Type::TEXT);
@@ -201,7 +203,7 @@ impl ReferenceService for ReferenceApi {
     #[tracing::instrument(skip_all)]
     async fn list_events(&self, request: Request<ListEventsRequest>) -> Result<Response<ListEventsResponse>, Status> {
         let req = request.into_inner();
-        let page = Page::of(&req, Kind::Events, |r| (&mut r.page_size, &mut r.page_token))?;
+        let page = Page::of(&req, Kind::Events, &self.tokens, |r| (&mut r.page_size, &mut r.page_token))?;
         let status = market_status(req.status, "status")?;
         let (start, end) = time::optional_range(
             req.strike_date_start.as_ref(),
@@ -254,7 +256,7 @@ impl ReferenceService for ReferenceApi {
         request: Request<ListMarketsRequest>,
     ) -> Result<Response<ListMarketsResponse>, Status> {
         let req = request.into_inner();
-        let page = Page::of(&req, Kind::Markets, |r| (&mut r.page_size, &mut r.page_token))?;
+        let page = Page::of(&req, Kind::Markets, &self.tokens, |r| (&mut r.page_size, &mut r.page_token))?;
         let status = market_status(req.status, "status")?;
         let (start, end) =
             time::optional_range(req.window_start.as_ref(), req.window_end.as_ref(), "window_start", "window_end")?;
@@ -313,7 +315,7 @@ impl ReferenceService for ReferenceApi {
         request: Request<ListSettlementsRequest>,
     ) -> Result<Response<ListSettlementsResponse>, Status> {
         let req = request.into_inner();
-        let page = Page::of(&req, Kind::Settlements, |r| (&mut r.page_size, &mut r.page_token))?;
+        let page = Page::of(&req, Kind::Settlements, &self.tokens, |r| (&mut r.page_size, &mut r.page_token))?;
         let result = settlement_result(req.result, "result")?;
         let (start, end) =
             time::optional_range(req.settled_start.as_ref(), req.settled_end.as_ref(), "settled_start", "settled_end")?;
@@ -389,7 +391,7 @@ impl Query {
 /// Where a list page starts and how long it is.
 struct Page {
     kind: Kind,
-    binding: [u8; 8],
+    binding: token::Binding,
     size: usize,
     after: Option<String>,
 }
@@ -400,6 +402,7 @@ impl Page {
     fn of<R: Message + Clone>(
         request: &R,
         kind: Kind,
+        tokens: &token::TokenKey,
         paging: impl FnOnce(&mut R) -> (&mut i32, &mut String),
     ) -> Result<Self, Error> {
         let mut filters = request.clone();
@@ -415,11 +418,11 @@ impl Page {
                 ));
             }
         };
-        let binding = token::binding(&filters.encode_to_vec());
+        let binding = tokens.binding(&filters.encode_to_vec());
         let after = match page_token.as_str() {
             "" => None,
             t => {
-                let key = token::decode(t, kind, binding, "page_token")?;
+                let key = token::decode(t, kind, &binding, "page_token")?;
                 Some(String::from_utf8(key).map_err(|_| Error::invalid("page_token", "damaged token"))?)
             }
         };
@@ -443,7 +446,7 @@ impl Page {
             return (rows, String::new());
         }
         rows.truncate(self.size);
-        let next = rows.last().map(|last| token::encode(self.kind, self.binding, key(last))).unwrap_or_default();
+        let next = rows.last().map(|last| token::encode(self.kind, &self.binding, key(last))).unwrap_or_default();
         (rows, next)
     }
 }

@@ -107,6 +107,7 @@ const COLUMNS: &str = "bucket, ticker, ''::text COLLATE \"C\", open_micros, high
 /// The SELECT of the buckets of `level` that start in [from, to), of `markets` (all when None), in (bucket,
 /// ticker) order. Pinned to `watermark`, a bucket holding a later trade is replaced by its trades at or below the
 /// watermark, each as a one-trade aggregate at its own time (ordered by ticker and trade_id among equal times).
+/// The markets are read from the transaction ([`sql::Bound`]), never inlined.
 pub(crate) fn select_sql(
     level: Level,
     from: DateTime<Utc>,

@@ -120,7 +120,8 @@ impl StreamBody for CandleStream {
         }
 
         let (sources, segments) = segments(from, end, self.interval, snapshot.markets.as_deref(), watermark);
-        let mut copies = OrderedCopy::start(snapshot, segments).await;
+        let bound = sql::Bound { markets: snapshot.markets.clone(), after: None };
+        let mut copies = OrderedCopy::start(snapshot, segments, &bound).await?;
         let mut out = CandleBatcher { batch: Vec::with_capacity(*batch), size: *batch, encoded: Vec::new() };
         for source in sources {
             let Some(mut blocks) = copies.next_segment().await? else { break };
@@ -176,7 +177,9 @@ enum SegmentRows {
 
 /// The COPY statements that read [from, end) for `interval`, in order, and what each one reads: the write-time
 /// aggregates where whole buckets tile the periods, the trades elsewhere; each cut at midnights into runs of
-/// days (one or more day partitions, read two at a time by [`OrderedCopy`]).
+/// days (one or more day partitions, read two at a time by [`OrderedCopy`]). The statements read `markets` from
+/// the transaction ([`sql::Bound`]); a candle stream's resumption needs no key in SQL (it skips candles as it
+/// folds them).
 fn segments(
     from: i64,
     end: i64,
@@ -249,7 +252,7 @@ impl CandleBatcher {
         let candles = std::mem::replace(&mut self.batch, Vec::with_capacity(self.size));
         StreamCandlesResponse {
             payload: Some(Payload::Candles(CandleBatch { candles })),
-            resume_token: position.token(Kind::Candles, resume.binding),
+            resume_token: position.token(Kind::Candles, &resume.binding),
         }
     }
 }

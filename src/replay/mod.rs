@@ -39,6 +39,7 @@ use crate::{
         replay_service_server::ReplayService,
     },
     store::db::Pool,
+    token::TokenKey,
 };
 
 /// ReplayService over the pool.
@@ -47,12 +48,15 @@ pub struct ReplayApi {
     pool: Pool,
     admission: Admission,
     limits: Limits,
+    /// Signs and checks the resume tokens; the database's key, read once at start.
+    tokens: TokenKey,
 }
 
 impl ReplayApi {
-    /// A service reading from `pool`, admitting streams with `admission`, within `limits`.
-    pub fn new(pool: Pool, admission: Admission, limits: Limits) -> Self {
-        Self { pool, admission, limits }
+    /// A service reading from `pool`, admitting streams with `admission`, within `limits`, its resume tokens
+    /// signed with `tokens`.
+    pub fn new(pool: Pool, admission: Admission, limits: Limits, tokens: TokenKey) -> Self {
+        Self { pool, admission, limits, tokens }
     }
 }
 
@@ -63,7 +67,7 @@ impl ReplayService for ReplayApi {
         &self,
         request: Request<StreamTradesRequest>,
     ) -> Result<Response<BoxStream<StreamTradesResponse>>, Status> {
-        runner::start::<trades::TradeStream>(&self.pool, &self.admission, &self.limits, request).await
+        runner::start::<trades::TradeStream>(&self.pool, &self.admission, &self.limits, &self.tokens, request).await
     }
 
     #[tracing::instrument(skip_all)]
@@ -71,6 +75,6 @@ impl ReplayService for ReplayApi {
         &self,
         request: Request<StreamCandlesRequest>,
     ) -> Result<Response<BoxStream<StreamCandlesResponse>>, Status> {
-        runner::start::<candles::CandleStream>(&self.pool, &self.admission, &self.limits, request).await
+        runner::start::<candles::CandleStream>(&self.pool, &self.admission, &self.limits, &self.tokens, request).await
     }
 }

@@ -80,10 +80,14 @@ pub(crate) struct StreamSpec {
 
 impl StreamSpec {
     /// Validates the common fields of `request`, a request of the stream whose tokens are of `kind`.
-    pub(crate) fn validate<R: StreamRequest>(request: &R, kind: token::Kind) -> Result<Self, Error> {
+    pub(crate) fn validate<R: StreamRequest>(
+        request: &R,
+        kind: token::Kind,
+        tokens: &token::TokenKey,
+    ) -> Result<Self, Error> {
         let selection = Selection::validate(request, kind)?;
         let batch = batch_size(request.batch_size())?;
-        let resume = selection.resume(request)?;
+        let resume = selection.resume(request, tokens)?;
         Ok(Self { selection, batch, resume })
     }
 }
@@ -135,9 +139,9 @@ impl Selection {
     }
 
     /// Where the stream starts: from its resume token, or from the beginning, at as_of_watermark if set. A token
-    /// is bound to the request's [`binding_fields`](StreamRequest::binding_fields).
-    fn resume<R: StreamRequest>(&self, request: &R) -> Result<Resume, Error> {
-        let binding = token::binding(&request.binding_fields().encode_to_vec());
+    /// is bound to the request's [`binding_fields`](StreamRequest::binding_fields) and signed with `tokens`.
+    fn resume<R: StreamRequest>(&self, request: &R, tokens: &token::TokenKey) -> Result<Resume, Error> {
+        let binding = tokens.binding(&request.binding_fields().encode_to_vec());
         let as_of = request.as_of_watermark();
         if let Some(as_of) = as_of
             && as_of < 0
@@ -147,7 +151,7 @@ impl Selection {
         let mut resume = Resume { binding, as_of, position: None };
         let token = request.resume_token();
         if !token.is_empty() {
-            let payload = token::decode(token, self.kind, binding, "resume_token")?;
+            let payload = token::decode(token, self.kind, &resume.binding, "resume_token")?;
             resume.position = Some(Position::decode(&payload).ok_or_else(damaged_token)?);
         }
         Ok(resume)
@@ -173,8 +177,8 @@ fn batch_size(value: i32) -> Result<usize, Error> {
 /// Where a stream starts and at which data version.
 #[derive(Debug)]
 pub(crate) struct Resume {
-    /// The request's binding, which every token of the stream carries.
-    pub binding: [u8; 8],
+    /// The request's binding, which every token of the stream carries, and the key that signs them.
+    pub binding: token::Binding,
     pub as_of: Option<i64>,
     /// Set when resuming: the position after the last item delivered.
     pub position: Option<Position>,
@@ -236,7 +240,7 @@ impl Position {
     }
 
     /// The token that resumes after this position.
-    pub(crate) fn token(&self, kind: token::Kind, binding: [u8; 8]) -> String {
+    pub(crate) fn token(&self, kind: token::Kind, binding: &token::Binding) -> String {
         token::encode(kind, binding, &self.encode())
     }
 }

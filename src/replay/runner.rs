@@ -57,12 +57,13 @@ pub(crate) async fn start<B: StreamBody>(
     pool: &Pool,
     admission: &Admission,
     limits: &Limits,
+    tokens: &token::TokenKey,
     request: Request<B::Request>,
 ) -> Result<Response<BoxStream<B::Response>>, Status> {
     let deadline = request::deadline(request.metadata());
     let peer = request.remote_addr();
     let request = request.into_inner();
-    let spec = StreamSpec::validate(&request, B::KIND)?;
+    let spec = StreamSpec::validate(&request, B::KIND, tokens)?;
     let body = B::new(&request, spec)?;
     let permit = admission.stream(peer)?;
     let snapshot = Snapshot::open(pool, body.spec(), limits.max_selection_markets).await?;
@@ -360,7 +361,8 @@ mod tests {
             end_time: Some(prost_types::Timestamp { seconds: 1_767_657_600, nanos: 0 }),
             ..Default::default()
         };
-        let spec = StreamSpec::validate(&request, token::Kind::Trades).expect("valid");
+        let key = token::TokenKey::new(&[7; 32]).expect("key");
+        let spec = StreamSpec::validate(&request, token::Kind::Trades, &key).expect("valid");
         let body = Panicking::new(&request, spec).expect("body");
         let snapshot =
             Snapshot::open(&pool, body.spec(), Limits::default().max_selection_markets).await.expect("snapshot");

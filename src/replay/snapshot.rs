@@ -12,7 +12,7 @@ use tokio_stream::StreamExt;
 
 use super::{
     request::{Resume, Selection, StreamSpec},
-    sql::literal,
+    sql::{Bound, literal},
 };
 use crate::{
     error::Error,
@@ -199,7 +199,7 @@ impl Snapshot {
     /// A second connection reading the same snapshot, so that PostgreSQL can read two parts of a range at once
     /// (as parallel pg_dump does: the snapshot is exported here and imported there). None when the pool has no
     /// connection to spare right away: the stream then reads on its own connection only.
-    pub(crate) async fn second_reader(&self) -> Option<SecondReader> {
+    pub(crate) async fn second_reader(&self, bound: &Bound) -> Option<SecondReader> {
         let conn = match tokio::time::timeout(SECOND_READER_WAIT, self.pool.get_owned()).await {
             Ok(Ok(conn)) => conn,
             _ => return None,
@@ -213,7 +213,8 @@ impl Snapshot {
                     "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}; {PLAN_SETTINGS}",
                     literal(&id)
                 ))
-                .await
+                .await?;
+            bound.apply(second.conn()).await
         };
         match imported.await {
             Ok(()) => Some(second),
@@ -266,9 +267,11 @@ impl std::fmt::Debug for OrderedCopy {
 
 impl OrderedCopy {
     /// Starts copying `segments` on the snapshot's connection and, when there are several and the pool can
-    /// spare one, on a second connection that shares the snapshot: segment i on connection i mod 2.
-    pub(crate) async fn start(snapshot: &Snapshot, segments: Vec<String>) -> Self {
-        let second = if segments.len() > 1 { snapshot.second_reader().await } else { None };
+    /// spare one, on a second connection that shares the snapshot: segment i on connection i mod 2. The client
+    /// values the statements read are `bound` on each connection first.
+    pub(crate) async fn start(snapshot: &Snapshot, segments: Vec<String>, bound: &Bound) -> Result<Self, Error> {
+        bound.apply(&snapshot.conn).await?;
+        let second = if segments.len() > 1 { snapshot.second_reader(bound).await } else { None };
         let mut sources = vec![CopyConn::Snapshot(snapshot.conn.clone())];
         sources.extend(second.map(|h| CopyConn::Second(Box::new(h))));
         let workers = sources.len();
@@ -280,7 +283,7 @@ impl OrderedCopy {
             queues.push(queue_rx);
             tokio::spawn(copy_segments(source, mine, queue_tx));
         }
-        Self { queues, next: 0, segments: count }
+        Ok(Self { queues, next: 0, segments: count })
     }
 
     /// The chunks of the next segment, or None after the last.

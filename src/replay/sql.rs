@@ -1,9 +1,11 @@
-//! SQL text of the streams' COPY statements, which take no parameters: literals, the market filter, and the cut
-//! of a range into runs of day partitions.
+//! SQL text of the streams' COPY statements, which take no parameters: the values a client chose (the selected
+//! markets, a resume position's ticker and trade_id) bound to the transaction and read by the statements, the
+//! literals of server-made values (times, watermarks), and the cut of a range into runs of day partitions.
 
 use chrono::{DateTime, Utc};
+use tokio_postgres::Client;
 
-use crate::time;
+use crate::{error::Error, time};
 
 /// Most segments a stream's range is cut into: a range of years is read in runs of days, not day by day.
 const MAX_SEGMENTS: i64 = 64;
@@ -30,23 +32,59 @@ pub(crate) fn day_segments(
     segments
 }
 
-/// A string as an SQL literal, for COPY, which takes no parameters. With standard_conforming_strings on (the
-/// session sets it), doubling the quotes is the whole escaping; NUL cannot be in a PostgreSQL string and was
-/// refused with the request.
-pub(crate) fn literal(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
+/// Binds a stream's client values to its transaction as transaction-local settings, read back by the COPY
+/// statements with `current_setting`: COPY takes no parameters, and a client's string never becomes SQL text.
+/// Markets go as PostgreSQL's own text form of the text[] it was bound as, so the round trip is exact whatever
+/// the characters. Unset values are bound empty (never read then).
+const BIND: &str = "SELECT set_config('kalshi_replay.markets', COALESCE($1::text[], '{}')::text, true), \
+     set_config('kalshi_replay.after_ticker', COALESCE($2::text, ''), true), \
+     set_config('kalshi_replay.after_trade_id', COALESCE($3::text, ''), true)";
+
+/// The client values a stream's COPY statements read (see [`ticker_filter`] and [`AFTER_KEY`]), bound on every
+/// connection that runs them: the snapshot's and the second reader's.
+#[derive(Debug, Clone, Default)]
+pub struct Bound {
+    /// The selected markets; None for every market.
+    pub markets: Option<Vec<String>>,
+    /// The ticker and trade_id of a resumed trade stream's last trade.
+    pub after: Option<(String, String)>,
 }
 
-/// The condition ` AND <column> IN (...)` that keeps the rows of `markets`; empty for all markets (None).
+impl Bound {
+    /// Sets the values in the transaction open on `client`.
+    pub async fn apply(&self, client: &Client) -> Result<(), Error> {
+        let (ticker, trade_id) = self.after.as_ref().map(|(t, i)| (t.as_str(), i.as_str())).unzip();
+        client.query_one(BIND, &[&self.markets, &ticker, &trade_id]).await?;
+        Ok(())
+    }
+}
+
+/// The condition ` AND <column> ...` that keeps the rows of `markets` (bound by [`Bound`]); empty for all markets
+/// (None). One market is an equality, so that PostgreSQL walks the (ticker, ts, trade_id) index in order.
+/// Several are a membership test in a set hashed once per statement; written `(... IN (SELECT ...)) IS TRUE` so
+/// that the planner keeps it a filter of the ordered scan instead of turning it into a join (which would sort).
+/// Not `= ANY(current_setting(...)::text[])`: as a filter that parses the whole list again for every row
+/// (measured: 70 s instead of 0.5 s for 300 markets of a million trades).
 pub(crate) fn ticker_filter(column: &str, markets: Option<&[String]>) -> String {
     match markets {
         None => String::new(),
-        Some([one]) => format!(" AND {column} = {}", literal(one)),
-        Some(markets) => {
-            let list: Vec<String> = markets.iter().map(|m| literal(m)).collect();
-            format!(" AND {column} IN ({})", list.join(", "))
+        Some([_]) => format!(" AND {column} = (current_setting('kalshi_replay.markets')::text[])[1]"),
+        Some(_) => {
+            format!(" AND ({column} IN (SELECT unnest(current_setting('kalshi_replay.markets')::text[]))) IS TRUE")
         }
     }
+}
+
+/// The ticker and trade_id of a resume position (bound by [`Bound`]), to compare with `(ts, ticker, trade_id)`
+/// after the position's time (a server-made literal).
+pub(crate) const AFTER_KEY: &str =
+    "current_setting('kalshi_replay.after_ticker'), current_setting('kalshi_replay.after_trade_id')";
+
+/// A server-made string (a snapshot id from pg_export_snapshot) as an SQL literal, for the statements that take
+/// no parameters. Never for a client's value: those are [`Bound`]. With standard_conforming_strings on (the
+/// session sets it), doubling the quotes is the whole escaping.
+pub(crate) fn literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
 }
 
 /// A timestamp as an SQL literal.
@@ -88,8 +126,8 @@ mod tests {
     }
 
     #[test]
-    fn literals_double_quotes() {
-        assert_eq!(literal("KX'; DROP TABLE trades; --"), "'KX''; DROP TABLE trades; --'");
+    fn timestamps_are_literals_to_the_microsecond() {
+        assert_eq!(literal("00000003-0000001B-1"), "'00000003-0000001B-1'");
         let t = DateTime::from_timestamp(1_767_571_200, 1_000).expect("time");
         assert_eq!(timestamp_literal(t), "'2026-01-05T00:00:00.000001Z'::timestamptz");
     }

@@ -24,7 +24,7 @@ use crate::{
         stream_trades_response::Payload,
     },
     store::copy,
-    token::Kind,
+    token::{self, Kind},
 };
 
 /// Micro-dollars of a contract's payout; the NO price is this minus the YES price.
@@ -87,8 +87,8 @@ impl StreamBody for TradeStream {
     ) -> Result<(), Abort> {
         let StreamSpec { selection, batch: batch_size, resume } = self.spec;
         let (mut position, after) = resume.start(snapshot.watermark, decode_key)?;
-        let after_key = after.as_ref().map(|(micros, ticker, trade_id)| (*micros, ticker.as_str(), trade_id.as_str()));
-        let segments: Vec<String> = sql::day_segments(selection.start, selection.end, after_key.map(|k| k.0))
+        let after_micros = after.as_ref().map(|(micros, _, _)| *micros);
+        let segments: Vec<String> = sql::day_segments(selection.start, selection.end, after_micros)
             .into_iter()
             .map(|(start, end)| {
                 let select = select_sql(
@@ -96,12 +96,16 @@ impl StreamBody for TradeStream {
                     end,
                     snapshot.markets.as_deref(),
                     snapshot.pinned.then_some(snapshot.watermark),
-                    after_key,
+                    after_micros,
                 );
                 format!("COPY ({select}) TO STDOUT (FORMAT binary)")
             })
             .collect();
-        let mut copies = OrderedCopy::start(snapshot, segments).await;
+        let bound = sql::Bound {
+            markets: snapshot.markets.clone(),
+            after: after.map(|(_, ticker, trade_id)| (ticker, trade_id)),
+        };
+        let mut copies = OrderedCopy::start(snapshot, segments, &bound).await?;
         let mut batch = TradeBatcher::new(self.layout, batch_size);
         let mut encoded = Vec::with_capacity(128);
         while let Some(mut blocks) = copies.next_segment().await? {
@@ -119,7 +123,7 @@ impl StreamBody for TradeStream {
                         encode_key(&trade, &mut position.key);
                         reader.consume(&tuple);
                         if batch.len == batch_size {
-                            let message = batch.take(&position, resume.binding);
+                            let message = batch.take(&position, &resume.binding);
                             runner::send(tx, message).await?;
                         }
                     }
@@ -128,7 +132,7 @@ impl StreamBody for TradeStream {
             reader.finish()?;
         }
         if batch.len > 0 {
-            let message = batch.take(&position, resume.binding);
+            let message = batch.take(&position, &resume.binding);
             runner::send(tx, message).await?;
         }
         let summary = runner::summary(position.count, &position.hash, snapshot.watermark);
@@ -138,14 +142,16 @@ impl StreamBody for TradeStream {
 }
 
 /// The SELECT of a trade stream: the trades of `markets` (None: every market) in [start, end), at or below
-/// `watermark` when set, after the key `after` when set, in the contract's order. COPY takes no parameters, so
-/// the values are inlined as literals.
+/// `watermark` when set, after the key of a resume position at microsecond `after` when set, in the contract's
+/// order. COPY takes no parameters: the markets and the position's ticker and trade_id are read from the
+/// transaction's settings ([`sql::Bound`], which must be applied on the connection first); only server-made
+/// numbers are literals.
 pub fn select_sql(
     start: DateTime<Utc>,
     end: DateTime<Utc>,
     markets: Option<&[String]>,
     watermark: Option<i64>,
-    after: Option<(i64, &str, &str)>,
+    after: Option<i64>,
 ) -> String {
     let mut sql = format!(
         "SELECT ts, ticker, trade_id, yes_price_micros, count_centi, taker_side, ingest_seq FROM trades \
@@ -157,14 +163,9 @@ pub fn select_sql(
     if let Some(watermark) = watermark {
         sql.push_str(&format!(" AND ingest_seq <= {watermark}"));
     }
-    if let Some((micros, ticker, trade_id)) = after {
+    if let Some(micros) = after {
         let ts = DateTime::from_timestamp_micros(micros).unwrap_or_default();
-        sql.push_str(&format!(
-            " AND (ts, ticker, trade_id) > ({}, {}, {})",
-            sql::timestamp_literal(ts),
-            sql::literal(ticker),
-            sql::literal(trade_id)
-        ));
+        sql.push_str(&format!(" AND (ts, ticker, trade_id) > ({}, {})", sql::timestamp_literal(ts), sql::AFTER_KEY));
     }
     sql.push_str(" ORDER BY ts, ticker, trade_id");
     sql
@@ -380,7 +381,7 @@ impl TradeBatcher {
     }
 
     /// The filled message with the token that resumes after `position`; the batch starts over.
-    fn take(&mut self, position: &Position, binding: [u8; 8]) -> StreamTradesResponse {
+    fn take(&mut self, position: &Position, binding: &token::Binding) -> StreamTradesResponse {
         let resume_token = position.token(Kind::Trades, binding);
         self.len = 0;
         let payload = match self.layout {
@@ -401,6 +402,10 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     use super::*;
+
+    fn test_binding() -> token::Binding {
+        token::TokenKey::new(&[0; 32]).expect("key").binding(b"")
+    }
 
     fn random_trade<'a>(rng: &mut impl Rng, ticker: &'a str, trade_id: &'a str) -> CopiedTrade<'a> {
         CopiedTrade {
@@ -447,7 +452,7 @@ mod tests {
             expected.push(to_proto(&trade));
         }
         let position = Position { watermark: 1, count: 10, hash: ContentHash::default(), key: Vec::new() };
-        let message = batch.take(&position, [0; 8]);
+        let message = batch.take(&position, &test_binding());
         let decoded = StreamTradesResponse::decode(message.encode_to_vec().as_slice()).expect("decodes");
         match decoded.payload {
             Some(Payload::Trades(batch)) => assert_eq!(batch.trades, expected),
@@ -488,13 +493,13 @@ mod tests {
                 expected.trade_id.push(id.clone());
                 expected.ingest_seq.push(trade.ingest_seq);
             }
-            let message = batch.take(&position, [0; 8]);
+            let message = batch.take(&position, &test_binding());
             let Some(Payload::Columns(columns)) = &message.payload else { panic!("{message:?}") };
             let bytes = columns.encode_to_vec();
             assert_eq!(bytes, expected.encode_to_vec(), "the wire form of the generated message");
             assert_eq!(TradeColumns::decode(bytes.as_slice()).expect("decodes"), expected);
         }
-        let empty = batch.take(&position, [0; 8]);
+        let empty = batch.take(&position, &test_binding());
         let Some(Payload::Columns(columns)) = &empty.payload else { panic!("{empty:?}") };
         assert!(columns.encode_to_vec().is_empty(), "an empty batch encodes to nothing, as prost's does");
     }
