@@ -23,8 +23,16 @@ const DAY: i64 = 1_740_787_200;
 /// The lock fact writers serialize on (migrations/0003, `FACT_WRITE_LOCK` in src/ingest/write.rs).
 const FACT_WRITE_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext('kalshi_replay.fact_writes'))";
 
-/// The server's pooled connections name themselves so (db::SESSION_OPTIONS); the tests' own do not.
+/// The server's pooled connections name themselves so (db::SESSION_OPTIONS); so do this test's own connections
+/// (made with the same settings), which rename themselves with [`outsider`].
 const SERVER_APP: &str = "kalshi-replay";
+
+/// A connection to the test database that does not count as the server's.
+async fn outsider(db: &TestDb) -> PgClient {
+    let client = db.client().await;
+    client.batch_execute("SET application_name = 'faults-test'").await.expect("rename");
+    client
+}
 
 fn trade(id: &str, ticker: &str, seconds: i64) -> Trade {
     Trade {
@@ -116,7 +124,7 @@ async fn a_write_cancelled_in_its_commit_leaves_no_lock_behind() {
     // the partition of DAY exists and the pool has a connection that staged before
     assert_eq!(ingest(&channel, vec![trade("warm", "KX-LOCK", DAY + 1)], None).await.expect("warm-up"), 1);
 
-    let holder = app.db.client().await;
+    let holder = outsider(&app.db).await;
     holder.batch_execute(&format!("BEGIN; {FACT_WRITE_LOCK}")).await.expect("hold the lock");
     let started = Instant::now();
     let refused = ingest(&channel, vec![trade("t1", "KX-LOCK", DAY + 2)], Some(Duration::from_secs(1)))
@@ -147,7 +155,7 @@ async fn a_write_cancelled_in_its_commit_leaves_no_lock_behind() {
     holder.batch_execute("COMMIT").await.expect("release");
 
     // a plain writer from elsewhere gets the lock at once
-    let other = app.db.client().await;
+    let other = outsider(&app.db).await;
     let at = chrono::DateTime::from_timestamp(DAY + 3, 0).expect("time");
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&at];
     let insert = other.execute(
