@@ -5,15 +5,28 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
-use common::{TestApp, TestDb, expected_hash, summary_of};
-use kalshi_replay::proto::{
-    IngestTradesRequest, ListMarketsRequest, Side, StreamTradesRequest, StreamTradesResponse, Trade,
-    ingest_service_client::IngestServiceClient, reference_service_client::ReferenceServiceClient,
-    replay_service_client::ReplayServiceClient, stream_trades_response::Payload,
+use common::{TIMEOUT, TestApp, TestDb, all_markets, expected_hash, summary_of};
+use kalshi_replay::{
+    error::Error,
+    generate::{DatasetSpec, generate},
+    proto::{
+        IngestTradesRequest, ListMarketsRequest, Side, StreamCandlesRequest, StreamTradesRequest, StreamTradesResponse,
+        Trade, ingest_service_client::IngestServiceClient, reference_service_client::ReferenceServiceClient,
+        replay_service_client::ReplayServiceClient, stream_trades_response::Payload,
+    },
+    server::{self, ServerOptions},
+    store::{db::Database, migrate, pg::PrivatePostgres},
 };
 use prost_types::Timestamp;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tokio_postgres::Client as PgClient;
 use tonic::{Code, transport::Channel};
 
@@ -174,4 +187,294 @@ async fn a_write_cancelled_in_its_commit_leaves_no_lock_behind() {
     }
     assert_eq!(idle_in_transaction(&admin, &database).await, 0);
     app.stop().await.expect("stop");
+}
+
+/// The real server on 127.0.0.1:0 over `database` with a pool of `pool_size` connections.
+#[derive(Debug)]
+struct Served {
+    addr: SocketAddr,
+    shutdown: oneshot::Sender<()>,
+    served: JoinHandle<Result<(), Error>>,
+}
+
+impl Served {
+    async fn start(database: &Database, pool_size: u32) -> Self {
+        let pool = database.pool(pool_size, Duration::from_secs(10)).await.expect("pool");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (shutdown, rx) = oneshot::channel();
+        let options =
+            ServerOptions { partitions_ahead: 1, health_interval: Duration::from_millis(200), ..Default::default() };
+        let served = tokio::spawn(server::run(listener, pool, options, async {
+            let _ = rx.await;
+        }));
+        Self { addr, shutdown, served }
+    }
+
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr)).expect("uri").connect().await.expect("connect")
+    }
+
+    async fn stop(self) {
+        let _ = self.shutdown.send(());
+        self.served.await.expect("server task").expect("server");
+    }
+}
+
+/// The generated dataset of these tests: `trades` trades of 12 markets over 4 days from 2026-01-05.
+fn dataset(trades: u64) -> DatasetSpec {
+    DatasetSpec {
+        seed: 14,
+        markets: 12,
+        days: 4,
+        trades,
+        start: chrono::NaiveDate::from_ymd_opt(2026, 1, 5).expect("date"),
+    }
+}
+
+fn ts(seconds: i64) -> Timestamp {
+    Timestamp { seconds, nanos: 0 }
+}
+
+/// 2026-01-05T00:00:00Z, the first day of [`dataset`], and the end of its range.
+const DATA_START: i64 = 1_767_571_200;
+const DATA_END: i64 = DATA_START + 4 * 86_400;
+
+fn all_trades(markets: &[String]) -> StreamTradesRequest {
+    StreamTradesRequest {
+        market_tickers: markets.to_vec(),
+        start_time: Some(ts(DATA_START)),
+        end_time: Some(ts(DATA_END)),
+        ..Default::default()
+    }
+}
+
+fn trades_of(messages: &[StreamTradesResponse]) -> Vec<Trade> {
+    let mut out = Vec::new();
+    for message in messages {
+        if let Some(Payload::Trades(batch)) = &message.payload {
+            out.extend(batch.trades.iter().cloned());
+        }
+    }
+    out
+}
+
+/// Pool size of the storm's server.
+const STORM_POOL: u32 = 6;
+
+/// 200 streams and 50 writes, each cancelled at a random point (a deadline from 5 ms to 1 s, or a client that
+/// drops its stream after a few messages), while another session holds the fact-write lock now and then, so
+/// that some writes are cancelled while their commit waits for it. Afterwards nothing is left behind: no backend
+/// idle in transaction or on the lock, no more backends than the pool, a pool's worth of lookups at once, and a
+/// whole replay at full speed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_cancelled_streams_and_writes_leaves_the_pool_whole() {
+    let db = TestDb::migrated().await;
+    generate(&mut db.client().await, &dataset(40_000)).await.expect("generate");
+    let markets = all_markets(&db.client().await).await;
+    let served = Served::start(&db.database(), STORM_POOL).await;
+    let channel = served.channel().await;
+    let admin = db.admin().await;
+    let stored_before: i64 = db.client().await.query_one("SELECT count(*) FROM trades", &[]).await.expect("n").get(0);
+
+    let storm_started = Instant::now();
+    let mut rng = ChaCha8Rng::seed_from_u64(14);
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..250u32 {
+        let deadline = Duration::from_millis(rng.random_range(5..1000));
+        let start = rng.random_range(0..4) * 86_400 + DATA_START;
+        let read = rng.random_range(0..6usize);
+        let (channel, markets) = (channel.clone(), markets.clone());
+        // new trades of a known market, so that the replay after the storm covers them
+        calls.spawn(async move {
+            // stagger the calls over the first half second
+            tokio::time::sleep(Duration::from_millis(u64::from(i) * 2)).await;
+            let outcome = if i >= 200 {
+                let trades =
+                    (0..50).map(|k| trade(&format!("storm-{i}-{k}"), &markets[0], start + i64::from(k))).collect();
+                ingest(&channel, trades, Some(deadline)).await.map(drop)
+            } else if i % 2 == 0 {
+                let mut request = tonic::Request::new(all_trades(&markets));
+                request.set_timeout(deadline);
+                cut_short(ReplayServiceClient::new(channel).stream_trades(request).await, read).await
+            } else {
+                let candles = StreamCandlesRequest {
+                    market_tickers: markets,
+                    start_time: Some(ts(start)),
+                    end_time: Some(ts(DATA_END)),
+                    interval_seconds: 60,
+                    ..Default::default()
+                };
+                let mut request = tonic::Request::new(candles);
+                request.set_timeout(deadline);
+                cut_short(ReplayServiceClient::new(channel).stream_candles(request).await, read).await
+            };
+            outcome.err().map(|status| status.code())
+        });
+    }
+    // the lock holder: writes' commits queue behind it, and some of their deadlines pass there
+    let holder = outsider(&db).await;
+    let holding = async {
+        let mut rng = ChaCha8Rng::seed_from_u64(41);
+        while storm_started.elapsed() < Duration::from_millis(1500) {
+            holder.batch_execute(&format!("BEGIN; {FACT_WRITE_LOCK}")).await.expect("lock");
+            tokio::time::sleep(Duration::from_millis(rng.random_range(50..300))).await;
+            holder.batch_execute("COMMIT").await.expect("unlock");
+            tokio::time::sleep(Duration::from_millis(rng.random_range(20..150))).await;
+        }
+    };
+    let (results, ()) = tokio::join!(calls.join_all(), holding);
+    let mut codes: BTreeMap<String, usize> = BTreeMap::new();
+    for code in results {
+        *codes.entry(code.map_or("OK".to_owned(), |c| format!("{c:?}"))).or_default() += 1;
+    }
+    println!("storm of 250 calls took {:?}: {codes:?}", storm_started.elapsed());
+    for bad in ["Internal", "Unknown", "DataLoss"] {
+        assert!(!codes.contains_key(bad), "a cancelled call must not break another: {codes:?}");
+    }
+
+    // what is left behind, once the discarded connections' backends exited
+    let database = db.name.clone();
+    let settled = settle(Duration::from_secs(3), || async {
+        idle_in_transaction(&admin, &database).await == 0
+            && server_advisory_locks(&admin, &database).await == 0
+            && server_backends(&admin, &database).await <= i64::from(STORM_POOL)
+    })
+    .await;
+    assert!(
+        settled.is_some(),
+        "3 s after the storm: {} backends idle in transaction, {} on the lock, {} server backends (pool {STORM_POOL})",
+        idle_in_transaction(&admin, &database).await,
+        server_advisory_locks(&admin, &database).await,
+        server_backends(&admin, &database).await,
+    );
+
+    // a pool's worth of lookups at once, each within a second
+    let mut lookups = tokio::task::JoinSet::new();
+    for _ in 0..STORM_POOL {
+        let channel = channel.clone();
+        lookups.spawn(async move {
+            let mut request = tonic::Request::new(ListMarketsRequest { page_size: 5, ..Default::default() });
+            request.set_timeout(Duration::from_secs(1));
+            ReferenceServiceClient::new(channel).list_markets(request).await.map(|r| r.into_inner().markets.len())
+        });
+    }
+    for answered in lookups.join_all().await {
+        assert_eq!(answered.expect("a lookup after the storm"), 5);
+    }
+
+    // and a whole replay at full speed, with every trade stored (the storm's committed writes included)
+    let stored: i64 = db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM trades WHERE ts >= $1 AND ts < $2",
+            &[
+                &chrono::DateTime::from_timestamp(DATA_START, 0).expect("start"),
+                &chrono::DateTime::from_timestamp(DATA_END, 0).expect("end"),
+            ],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert!(stored >= stored_before);
+    let started = Instant::now();
+    let stream = ReplayServiceClient::new(channel.clone()).stream_trades(all_trades(&markets)).await;
+    let messages = common::collect(stream.expect("replay").into_inner()).await.expect("whole replay");
+    println!("a whole replay of {stored} trades after the storm: {:?}", started.elapsed());
+    let summary = summary_of(&messages);
+    assert_eq!(summary.item_count, stored);
+    assert_eq!(trades_of(&messages).len() as i64, stored);
+    served.stop().await;
+}
+
+/// Reads `read` messages of a stream's answer, then drops it (a client that went away).
+async fn cut_short<T>(
+    answer: Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>,
+    read: usize,
+) -> Result<(), tonic::Status> {
+    let mut stream = answer?.into_inner();
+    for _ in 0..read {
+        if stream.message().await?.is_none() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// PostgreSQL restarts while a long stream is read slowly: the client gets UNAVAILABLE (the pool's connections
+/// all died with it), the next requests succeed at once on fresh connections, and resuming with the last token
+/// received yields exactly the rest: the concatenation hashes to the uninterrupted run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_of_postgresql_mid_stream_is_unavailable_then_resumable() {
+    let mut pg = PrivatePostgres::start_throwaway().await.expect("private postgresql");
+    let admin = kalshi_replay::store::db::connect(&pg.config("postgres"), TIMEOUT).await.expect("admin");
+    admin.batch_execute("CREATE DATABASE faults").await.expect("create");
+    let database = Database::external(pg.config("faults"));
+    {
+        let mut client = database.connect(TIMEOUT).await.expect("connect");
+        migrate::run(&mut client).await.expect("migrate");
+        generate(&mut client, &dataset(150_000)).await.expect("generate");
+    }
+    let markets = {
+        let client = database.connect(TIMEOUT).await.expect("connect");
+        all_markets(&client).await
+    };
+    let served = Served::start(&database, 4).await;
+    let channel = served.channel().await;
+    let mut replay = ReplayServiceClient::new(channel.clone());
+    let request = StreamTradesRequest { batch_size: 1000, ..all_trades(&markets) };
+
+    let whole = common::collect(replay.stream_trades(request.clone()).await.expect("whole").into_inner())
+        .await
+        .expect("the uninterrupted run");
+    let whole_summary = summary_of(&whole);
+    assert_eq!(whole_summary.item_count, 150_000);
+
+    // a slow reader: a few messages, then the restart, then whatever the server still sends
+    let mut stream = replay.stream_trades(request.clone()).await.expect("stream").into_inner();
+    let mut head = Vec::new();
+    for _ in 0..3 {
+        head.push(stream.message().await.expect("message").expect("data"));
+    }
+    drop(admin);
+    let restarting = Instant::now();
+    pg.restart().await.expect("restart");
+    println!("postgresql restarted in {:?}", restarting.elapsed());
+    let cut = loop {
+        match stream.message().await {
+            Ok(Some(message)) => {
+                assert!(message.resume_token.len() > 0, "the summary of a stream cut by the restart: {message:?}");
+                head.push(message);
+            }
+            Ok(None) => panic!("the stream ended without an error after {} messages", head.len()),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(cut.code(), Code::Unavailable, "{cut:?}");
+    assert!(head.len() < whole.len() - 1, "the stream was cut ({} of {} messages)", head.len(), whole.len());
+
+    // the next requests succeed at once: no dead pooled connection is handed out
+    let mut reference = ReferenceServiceClient::new(channel.clone());
+    for i in 0..8 {
+        let started = Instant::now();
+        let answer = reference.list_markets(ListMarketsRequest { page_size: 3, ..Default::default() }).await;
+        let answer = answer.unwrap_or_else(|e| panic!("lookup {i} after the restart: {e:?}"));
+        assert_eq!(answer.into_inner().markets.len(), 3);
+        assert!(started.elapsed() < Duration::from_secs(2), "lookup {i} took {:?}", started.elapsed());
+    }
+
+    // resuming with the last token received gives exactly the rest
+    let token = head.last().expect("a data message").resume_token.clone();
+    let resumed = StreamTradesRequest { resume_token: token, ..request.clone() };
+    let tail = common::collect(replay.stream_trades(resumed).await.expect("resumed").into_inner())
+        .await
+        .expect("the resumed run");
+    assert_eq!(summary_of(&tail), whole_summary, "the resumed summary covers the whole request");
+    let mut joined = trades_of(&head);
+    joined.extend(trades_of(&tail));
+    assert_eq!(joined.len(), trades_of(&whole).len());
+    assert_eq!(expected_hash(&joined), whole_summary.content_hash, "the concatenation hashes to the uninterrupted run");
+    served.stop().await;
+    pg.stop().await.expect("stop postgresql");
 }
