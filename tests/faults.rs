@@ -203,8 +203,10 @@ impl Served {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (shutdown, rx) = oneshot::channel();
+        // health checks only at start: a periodic one would take the pool's dead connections out before the
+        // requests under test meet them
         let options =
-            ServerOptions { partitions_ahead: 1, health_interval: Duration::from_millis(200), ..Default::default() };
+            ServerOptions { partitions_ahead: 1, health_interval: Duration::from_secs(3600), ..Default::default() };
         let served = tokio::spawn(server::run(listener, pool, options, async {
             let _ = rx.await;
         }));
@@ -323,7 +325,16 @@ async fn a_storm_of_cancelled_streams_and_writes_leaves_the_pool_whole() {
             tokio::time::sleep(Duration::from_millis(rng.random_range(20..150))).await;
         }
     };
-    let (results, ()) = tokio::join!(calls.join_all(), holding);
+    // a write left holding the lock would block the holder, and every write after it, for good
+    let storm = tokio::time::timeout(Duration::from_secs(20), async { tokio::join!(calls.join_all(), holding) });
+    let Ok((results, ())) = storm.await else {
+        panic!(
+            "the storm did not end within 20 s: {} server backends hold or wait for the fact-write lock, {} are \
+             idle in transaction",
+            server_advisory_locks(&admin, &db.name).await,
+            idle_in_transaction(&admin, &db.name).await
+        );
+    };
     let mut codes: BTreeMap<String, usize> = BTreeMap::new();
     for code in results {
         *codes.entry(code.map_or("OK".to_owned(), |c| format!("{c:?}"))).or_default() += 1;
@@ -437,6 +448,16 @@ async fn a_restart_of_postgresql_mid_stream_is_unavailable_then_resumable() {
     for _ in 0..3 {
         head.push(stream.message().await.expect("message").expect("data"));
     }
+    // two lookups at once, so that the pool holds idle connections besides the stream's when PostgreSQL goes
+    let mut reference = ReferenceServiceClient::new(channel.clone());
+    let lookup = || async {
+        let answer = ReferenceServiceClient::new(channel.clone())
+            .list_markets(ListMarketsRequest { page_size: 3, ..Default::default() })
+            .await;
+        answer.map(|a| a.into_inner().markets.len())
+    };
+    let (a, b) = tokio::join!(lookup(), lookup());
+    assert_eq!((a.expect("lookup"), b.expect("lookup")), (3, 3));
     drop(admin);
     let restarting = Instant::now();
     pg.restart().await.expect("restart");
@@ -455,7 +476,6 @@ async fn a_restart_of_postgresql_mid_stream_is_unavailable_then_resumable() {
     assert!(head.len() < whole.len() - 1, "the stream was cut ({} of {} messages)", head.len(), whole.len());
 
     // the next requests succeed at once: no dead pooled connection is handed out
-    let mut reference = ReferenceServiceClient::new(channel.clone());
     for i in 0..8 {
         let started = Instant::now();
         let answer = reference.list_markets(ListMarketsRequest { page_size: 3, ..Default::default() }).await;
