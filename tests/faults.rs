@@ -465,7 +465,7 @@ async fn a_restart_of_postgresql_mid_stream_is_unavailable_then_resumable() {
     let cut = loop {
         match stream.message().await {
             Ok(Some(message)) => {
-                assert!(message.resume_token.len() > 0, "the summary of a stream cut by the restart: {message:?}");
+                assert!(!message.resume_token.is_empty(), "the summary of a stream cut by the restart: {message:?}");
                 head.push(message);
             }
             Ok(None) => panic!("the stream ended without an error after {} messages", head.len()),
