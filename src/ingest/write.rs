@@ -79,8 +79,13 @@ type Conn = bb8::PooledConnection<'static, Manager>;
 /// created on the same connection between two stagings, each in a short transaction of its own: a write never
 /// waits for a second connection (writers that each held one and waited for another would starve the pool), and
 /// never holds a partition's lock for long. Nothing but the temporary tables is touched until the stores, which
-/// run in one transaction with the commit. Dropped before [`commit`](Self::commit) (the client went away, a
-/// later item was refused), the connection is closed, which rolls back the stores and drops the staging tables.
+/// run in one transaction with the commit.
+///
+/// The whole write, from the checkout through the COMMIT, is one section of its connection (see
+/// [`crate::store::db`]): dropped anywhere before the COMMIT completed (the client went away or its deadline
+/// passed, also while the commit waits for the fact-write lock; a later item was refused; a statement failed),
+/// the connection is not taken back by the pool but closed after a cancel request, which rolls back the stores,
+/// releases the lock and drops the staging tables.
 pub struct PendingWrite {
     pool: Pool,
     conn: Option<Conn>,
@@ -145,7 +150,10 @@ impl PendingWrite {
     /// The write's connection.
     async fn conn(&mut self) -> Result<&Conn, Error> {
         if self.conn.is_none() {
-            self.conn = Some(self.pool.get_owned().await?);
+            let conn = self.pool.get_owned().await?;
+            // ended only by the COMMIT (see `commit`)
+            conn.begin_section();
+            self.conn = Some(conn);
         }
         Ok(self.conn.as_ref().expect("taken above"))
     }
@@ -196,44 +204,29 @@ impl PendingWrite {
             let watermark = self.pool.get().await?.query_one(WATERMARK, &[]).await?.get(0);
             return Ok(Committed { watermark, stored: BTreeMap::new(), unreferenced: 0 });
         };
-        let stored = async {
-            conn.batch_execute("BEGIN").await?;
-            if self.staged.iter().any(|(t, _)| t.kind == Kind::Fact) {
-                // the lock the fact tables' trigger takes (0003), taken first so that the statements' snapshots
-                // see every write committed before: SAME_TRADE's check must not miss a concurrent one
-                conn.batch_execute(FACT_WRITE_LOCK).await?;
-            }
-            let mut stored = BTreeMap::new();
-            for (table, staged) in &self.staged {
-                let row = conn.query_one(&table.store_sql(), &[]).await?;
-                let (inserted, updated): (i64, i64) = (row.get(0), row.get(1));
-                stored.insert(table.name, Stored { inserted, updated, skipped: staged - inserted - updated });
-            }
-            let watermark: i64 = conn.query_one(WATERMARK, &[]).await?.get(0);
-            let unreferenced = match tables::unreferenced_sql(self.staged.iter().map(|(t, _)| *t)) {
-                Some(sql) => conn.query_one(&sql, &[]).await?.get(0),
-                None => 0,
-            };
-            let staging: Vec<String> = self.staged.iter().map(|(t, _)| t.staging()).collect();
-            conn.batch_execute(&format!("DROP TABLE {}; COMMIT", staging.join(", "))).await?;
-            Ok::<_, Error>(Committed { watermark, stored, unreferenced })
+        // on an error, or dropped at an await, the connection leaves the pool closed (see the type's doc)
+        conn.batch_execute("BEGIN").await?;
+        if self.staged.iter().any(|(t, _)| t.kind == Kind::Fact) {
+            // the lock the fact tables' trigger takes (0003), taken first so that the statements' snapshots
+            // see every write committed before: SAME_TRADE's check must not miss a concurrent one
+            conn.batch_execute(FACT_WRITE_LOCK).await?;
         }
-        .await;
-        if stored.is_err() {
-            // close it, and PostgreSQL rolls back what the stores did
-            conn.discard();
+        let mut stored = BTreeMap::new();
+        for (table, staged) in &self.staged {
+            let row = conn.query_one(&table.store_sql(), &[]).await?;
+            let (inserted, updated): (i64, i64) = (row.get(0), row.get(1));
+            stored.insert(table.name, Stored { inserted, updated, skipped: staged - inserted - updated });
         }
-        stored
-    }
-}
-
-impl Drop for PendingWrite {
-    fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            // maybe mid-transaction or mid-COPY: close it, and PostgreSQL rolls the stores back and drops the
-            // staging tables
-            conn.discard();
-        }
+        let watermark: i64 = conn.query_one(WATERMARK, &[]).await?.get(0);
+        let unreferenced = match tables::unreferenced_sql(self.staged.iter().map(|(t, _)| *t)) {
+            Some(sql) => conn.query_one(&sql, &[]).await?.get(0),
+            None => 0,
+        };
+        let staging: Vec<String> = self.staged.iter().map(|(t, _)| t.staging()).collect();
+        conn.batch_execute(&format!("DROP TABLE {}; COMMIT", staging.join(", "))).await?;
+        // committed, staging tables gone: the session is clean again
+        conn.end_section();
+        Ok(Committed { watermark, stored, unreferenced })
     }
 }
 

@@ -113,7 +113,7 @@ pub async fn cached_coverage(
         // all days when they will be kept; only the range's while the cache is off
         let read_range = if ticket.is_some() { DayRange::default() } else { range };
         let conn = pool.get().await?;
-        let read = read_days(&*conn, &missing, read_range).await?;
+        let read = conn.reads(read_days(&*conn, &missing, read_range)).await?;
         drop(conn);
         let mut read = missing.into_iter().zip(read).map(|(ticker, days)| {
             let days: Arc<[Day]> = days.into();

@@ -191,7 +191,8 @@ impl ReferenceService for ReferenceApi {
                     query.sql.push_str(" ORDER BY ticker");
                     query.run(&conn).await
                 };
-                let (event_rows, market_rows) = tokio::try_join!(event_query.run(&conn), markets_query)?;
+                let (event_rows, market_rows) =
+                    conn.reads(async { tokio::try_join!(event_query.run(&conn), markets_query) }).await?;
                 let event = first(event_rows, ticker, "event ticker", event_from_row)?;
                 let markets = market_rows.iter().map(market_from_row).collect::<Result<_, _>>().map_err(Error::from)?;
                 Ok::<_, Error>(GetEventResponse { event: Some(event), markets })

@@ -1,13 +1,17 @@
 //! A stream's snapshot: one REPEATABLE READ READ ONLY transaction on a pooled connection, its watermark and the
 //! resolved market selection, and the ordered COPY of a range's segments on that connection and, when the pool
 //! can spare one, on a second connection that imported the same snapshot.
+//!
+//! Each of those connections holds its transaction as a section (see [`crate::store::db`]), from its BEGIN until
+//! its ROLLBACK completed: a stream that ends any other way (cancelled, failed, its task dropped or panicking)
+//! never hands a connection in a transaction, or with a COPY still running, back to the pool.
 
 use std::{pin::pin, sync::Arc, time::Duration};
 
 use bb8::PooledConnection;
 use bytes::Bytes;
 use tokio::sync::mpsc;
-use tokio_postgres::{NoTls, types::ToSql};
+use tokio_postgres::types::ToSql;
 use tokio_stream::StreamExt;
 
 use super::{
@@ -94,6 +98,8 @@ impl Snapshot {
     pub(crate) async fn open(pool: &Pool, spec: &StreamSpec, max_markets: usize) -> Result<Self, Error> {
         let (common, resume) = (&spec.selection, &spec.resume);
         let conn = pool.get_owned().await?;
+        // ended by `rollback`
+        conn.begin_section();
         conn.batch_execute(&format!("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; {PLAN_SETTINGS}")).await?;
         let opened = Self::read(conn, common, resume, max_markets, pool.clone()).await;
         if let Err((conn, _)) = &opened {
@@ -189,11 +195,8 @@ impl Snapshot {
             rollback(&self.conn).await;
             return;
         }
-        let token = self.conn.cancel_token();
-        if let Err(e) = tokio::time::timeout(CLEANUP_TIMEOUT, token.cancel_query(NoTls)).await.unwrap_or(Ok(())) {
-            tracing::warn!(error = %e, "cancel request failed");
-        }
-        self.conn.discard();
+        // now, not when the last holder drops it: a copy worker may wait for the server's next row
+        self.conn.abandon().await;
     }
 
     /// A second connection reading the same snapshot, so that PostgreSQL can read two parts of a range at once
@@ -204,6 +207,8 @@ impl Snapshot {
             Ok(Ok(conn)) => conn,
             _ => return None,
         };
+        // ended by `rollback`, when the second reader is dropped idle
+        conn.begin_section();
         let second = SecondReader { conn: Some(conn), idle: true };
         let imported = async {
             let id: String = self.conn.query_one("SELECT pg_export_snapshot()", &[]).await?.get(0);
@@ -344,8 +349,8 @@ async fn copy_segments(mut source: CopyConn, segments: Vec<String>, queue: mpsc:
 const SECOND_READER_WAIT: Duration = Duration::from_millis(100);
 
 /// A pooled connection in a transaction that imported a stream's snapshot. Dropped idle, it rolls back and goes
-/// back to the pool; dropped while a query may still run (the stream was cancelled), it cancels the query and is
-/// closed.
+/// back to the pool; dropped while a query may still run (the stream was cancelled), its section is left open,
+/// so the pool cancels the query and closes the connection.
 pub(crate) struct SecondReader {
     conn: Option<PooledConnection<'static, Manager>>,
     /// Set when no query of the second reader can still be running.
@@ -372,28 +377,20 @@ impl SecondReader {
 impl Drop for SecondReader {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
+            // a ROLLBACK would queue behind a running COPY: only an idle one is worth keeping
             if self.idle {
                 tokio::spawn(async move { rollback(&conn).await });
-                return;
             }
-            // a query may still run: cancel it and close the connection (see `Snapshot::close` for why)
-            conn.discard();
-            tokio::spawn(async move {
-                let token = conn.cancel_token();
-                let _ = tokio::time::timeout(CLEANUP_TIMEOUT, token.cancel_query(NoTls)).await;
-            });
         }
     }
 }
 
-/// Ends the snapshot's transaction; a connection that cannot is discarded rather than handed to the next user.
+/// Ends the snapshot's transaction and with it the connection's section; a connection that cannot is left in
+/// its section, so that the pool discards it rather than hand it to the next user.
 async fn rollback(conn: &Conn) {
     match tokio::time::timeout(CLEANUP_TIMEOUT, conn.batch_execute("ROLLBACK")).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            tracing::debug!(error = %e, "rollback failed");
-            conn.discard();
-        }
-        Err(_) => conn.discard(),
+        Ok(Ok(())) => conn.end_section(),
+        Ok(Err(e)) => tracing::debug!(error = %e, "rollback failed"),
+        Err(_) => tracing::debug!(timeout = ?CLEANUP_TIMEOUT, "rollback timed out"),
     }
 }

@@ -1,5 +1,22 @@
 //! Database access: where the database is (DATABASE_URL or a private cluster), connecting with a clear error, and
 //! the connection pool the services share.
+//!
+//! # Cancel-safe sections
+//!
+//! tonic drops a handler's future at any await when its client cancels or its deadline passes. A pooled
+//! connection dropped in the middle of several statements (a transaction, a stream's snapshot, a write's staging
+//! and commit) would go back to the pool in whatever state it was left: `idle in transaction`, holding locks, or
+//! with a statement still waiting for a lock that it will take as soon as it is granted, for the next user to
+//! inherit. So every such sequence runs as a *section* of its connection ([`Conn::section`], or
+//! [`Conn::begin_section`] and [`Conn::end_section`] for one that outlives a single future). A connection with a
+//! section begun and not ended, because its future was dropped or its work failed, is never taken back: the pool
+//! discards it ([`Manager::has_broken`]) and PostgreSQL gets a cancel request for whatever it still runs, because
+//! a backend that waits for a lock does not notice that its client closed the socket. Closing the connection
+//! then rolls back its transaction and releases its locks and temporary tables.
+//!
+//! A connection whose socket closed (PostgreSQL restarted, the network broke) is never handed out: the check on
+//! checkout ([`Manager::is_valid`]) looks only at the client's state, without a round trip, and bb8 then takes
+//! another connection or makes a new one.
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -7,7 +24,7 @@ use std::{
     path::PathBuf,
     sync::{
         Arc, Mutex, PoisonError,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -26,6 +43,9 @@ pub type Pool = bb8::Pool<Manager>;
 /// Most prepared statements one pooled connection keeps. The services' SQL texts are a small fixed set (filters
 /// that are set or not), so the cache only overflows if that ever changes; it then starts afresh.
 const STATEMENT_CACHE: usize = 256;
+
+/// How long a cancel request for an abandoned connection may take (it opens a connection of its own).
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Name of the database the private cluster keeps the data in.
 const PRIVATE_DB: &str = "kalshi_replay";
@@ -105,9 +125,9 @@ impl Database {
         bb8::Pool::builder()
             .max_size(size)
             .connection_timeout(timeout)
-            // no validation query on every checkout (a round trip per RPC): a connection that broke is seen as
-            // closed and discarded when it is returned, and its RPC fails with UNAVAILABLE
-            .test_on_check_out(false)
+            // checked on checkout without a round trip (see `Manager::is_valid`): after a restart of PostgreSQL
+            // every idle connection is dead, and the next requests must get fresh ones, not fail
+            .test_on_check_out(true)
             .build(manager)
             .await
             .map_err(|e| Error::Connect { target: describe(&self.config), reason: e.to_string() })
@@ -155,16 +175,32 @@ impl bb8::ManageConnection for Manager {
             client,
             statements: Mutex::default(),
             broken: AtomicBool::new(false),
+            sections: AtomicUsize::new(0),
+            cancelled: AtomicBool::new(false),
             notifications: Some(notifications),
         })
     }
 
+    /// Called by bb8 on every checkout: a connection whose socket closed is refused (bb8 then tries the next one
+    /// or connects anew). No round trip: a validation query per checkout would cost a lookup half its time, and a
+    /// connection that breaks later fails its request with UNAVAILABLE anyway.
     async fn is_valid(&self, conn: &mut Conn) -> Result<(), Self::Error> {
-        conn.client.simple_query("").await.map(drop)
+        if conn.client.is_closed() {
+            // fails at once with tokio-postgres' "connection closed", the only way to make its error type
+            return conn.client.simple_query("").await.map(drop);
+        }
+        Ok(())
     }
 
+    /// Called by bb8 when a connection is returned: one that was discarded, left in the middle of a section or
+    /// closed is dropped (which closes it), after a cancel request for a statement it may still run.
     fn has_broken(&self, conn: &mut Conn) -> bool {
-        conn.broken.load(Ordering::Relaxed) || conn.client.is_closed()
+        let abandoned = conn.sections.load(Ordering::Acquire) > 0;
+        if abandoned {
+            // also when the client is closed: a backend waiting for a lock outlives its socket
+            conn.spawn_cancel();
+        }
+        abandoned || conn.broken.load(Ordering::Relaxed) || conn.client.is_closed()
     }
 }
 
@@ -180,6 +216,11 @@ pub struct Conn {
     /// Set when the session is in a state the next user must not inherit (e.g. a transaction that could not be
     /// rolled back): the pool then discards the connection instead of taking it back.
     broken: AtomicBool,
+    /// Sections begun and not ended (see the module's doc): while above zero, the session may hold a
+    /// transaction, locks or a running statement, and the pool discards the connection.
+    sections: AtomicUsize,
+    /// Set once a cancel request was sent, so that the pool does not send a second one.
+    cancelled: AtomicBool,
     /// The channels notified since the listener last looked (only a connection that LISTENs gets any); closed
     /// when the connection is.
     notifications: Option<Notifications>,
@@ -191,10 +232,79 @@ impl Conn {
         self.broken.store(true, Ordering::Relaxed);
     }
 
+    /// Runs `work`, several statements that must complete together, as a section of this connection: if `work`
+    /// fails, or its future is dropped before it completes, the connection is not taken back by the pool (see
+    /// the module's doc). Sections nest.
+    pub async fn section<T, E>(&self, work: impl Future<Output = Result<T, E>>) -> Result<T, E> {
+        self.begin_section();
+        let done = work.await;
+        if done.is_ok() {
+            self.end_section();
+        }
+        done
+    }
+
+    /// Runs `work`, several autocommitted reads sent together on this connection (a pipeline), as a section that
+    /// fails only when dropped before it completed: each read is a statement of its own, so an error leaves the
+    /// session clean, but a pipeline dropped mid-way leaves statements running that the next user would queue
+    /// behind.
+    pub async fn reads<T>(&self, work: impl Future<Output = T>) -> T {
+        self.begin_section();
+        let done = work.await;
+        self.end_section();
+        done
+    }
+
+    /// Begins a section that spans several futures (e.g. a stream's snapshot, from BEGIN until its ROLLBACK);
+    /// until the matching [`end_section`](Self::end_section), the pool discards the connection when it is
+    /// returned.
+    pub fn begin_section(&self) {
+        self.sections.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Ends a section begun by [`begin_section`](Self::begin_section): its work completed and left the session
+    /// clean (committed or rolled back).
+    pub fn end_section(&self) {
+        let before = self.sections.fetch_sub(1, Ordering::AcqRel);
+        debug_assert!(before > 0, "end_section without begin_section");
+    }
+
+    /// Gives the connection up: asks PostgreSQL to cancel what it runs now, and makes the pool discard the
+    /// connection. A cancel request is a signal with no answer: it may land after the statement ended, on
+    /// whatever the connection runs next, so the connection is never reused.
+    pub async fn abandon(&self) {
+        self.discard();
+        if self.cancelled.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        cancel(self.client.cancel_token()).await;
+    }
+
+    /// As [`abandon`](Self::abandon)'s cancel request, on a task of its own (from bb8's synchronous hook).
+    fn spawn_cancel(&self) {
+        if self.cancelled.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn(cancel(self.client.cancel_token()))),
+            // no runtime (the process is ending): closing the socket is all that is left
+            Err(_) => tracing::debug!("no runtime to send a cancel request on"),
+        }
+    }
+
     /// This connection's notifications, for the one user that listens (see
     /// [`Pool::dedicated_connection`](bb8::Pool::dedicated_connection)).
     pub fn take_notifications(&mut self) -> Option<Notifications> {
         self.notifications.take()
+    }
+}
+
+/// Sends a cancel request (a connection of its own to the server), bounded by [`CANCEL_TIMEOUT`].
+async fn cancel(token: tokio_postgres::CancelToken) {
+    match tokio::time::timeout(CANCEL_TIMEOUT, token.cancel_query(NoTls)).await {
+        Ok(Ok(())) => tracing::debug!("cancel request sent for an abandoned connection"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "cancel request failed"),
+        Err(_) => tracing::warn!(timeout = ?CANCEL_TIMEOUT, "cancel request timed out"),
     }
 }
 

@@ -44,11 +44,15 @@ pub async fn maintain(pool: Pool, days_ahead: u32) {
         let result = async {
             let conn = pool.get().await?;
             let client = conn.client();
-            client.batch_execute(&format!("BEGIN; SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")).await?;
-            let created = ensure_ahead(client, Utc::now(), days_ahead).await;
-            let end = if created.is_ok() { "COMMIT" } else { "ROLLBACK" };
-            client.batch_execute(end).await?;
-            created
+            // a section (see `store::db`): a transaction left open by an error or a drop is never reused
+            conn.section(async {
+                client.batch_execute(&format!("BEGIN; SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")).await?;
+                let created = ensure_ahead(client, Utc::now(), days_ahead).await;
+                let end = if created.is_ok() { "COMMIT" } else { "ROLLBACK" };
+                client.batch_execute(end).await?;
+                Ok::<_, Error>(created)
+            })
+            .await?
         }
         .await;
         wait = match result {

@@ -92,7 +92,8 @@ fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> PgEr
 pub struct PrivatePostgres {
     data_dir: PathBuf,
     port: u16,
-    postmaster: Postmaster,
+    /// Shared with the blocking task that stops it on a restart.
+    postmaster: Arc<Postmaster>,
     /// The directory of a throwaway cluster, removed once postgres has stopped.
     temp: Mutex<Option<TempDir>>,
 }
@@ -181,21 +182,12 @@ impl PrivatePostgres {
                 .map_err(io_error("find a free port with", Path::new("127.0.0.1:0")))?
                 .port();
             let (log, offset) = open_log(&log_path)?;
-            let mut cmd = setup.command("postgres", log)?;
-            cmd.arg("-D").arg(&data_dir).arg("-p").arg(port.to_string());
-            for setting in ["listen_addresses=127.0.0.1", "unix_socket_directories=", "max_connections=200"] {
-                cmd.args(["-c", setting]);
-            }
-            if !durable {
-                for setting in ["fsync=off", "synchronous_commit=off", "full_page_writes=off"] {
-                    cmd.args(["-c", setting]);
-                }
-            }
-            let postmaster = Postmaster::spawn(cmd)?;
+            let postmaster = Postmaster::spawn(setup.postgres(&data_dir, port, durable, log)?)?;
             let reason = match wait_ready(&postmaster, port).await {
                 Ok(()) => {
                     let (user, bin) = (&setup.user_name, setup.bin.display());
                     tracing::info!(data_dir = %data_dir.display(), port, %user, %bin, "started private postgresql");
+                    let postmaster = Arc::new(postmaster);
                     return Ok(Self { data_dir, port, postmaster, temp: Mutex::new(temp) });
                 }
                 Err(reason) => reason,
@@ -210,6 +202,28 @@ impl PrivatePostgres {
             }
             return Err(PgError::Start { dir: data_dir, reason, log_tail });
         }
+    }
+}
+
+impl PrivatePostgres {
+    /// Stops postgres (fast shutdown: every connection is closed) and starts it again on the same port and data
+    /// directory, as an operator's restart would. For tests of what clients see while the database goes away.
+    pub async fn restart(&mut self) -> Result<(), PgError> {
+        let old = Arc::clone(&self.postmaster);
+        tokio::task::spawn_blocking(move || old.stop()).await?;
+        let durable = self.temp.lock().unwrap_or_else(PoisonError::into_inner).is_none();
+        let dir = self.data_dir.clone();
+        let setup = tokio::task::spawn_blocking(move || prepare(&dir, durable)).await??;
+        let log_path = log_path(&self.data_dir);
+        let (log, offset) = open_log(&log_path)?;
+        let postmaster = Postmaster::spawn(setup.postgres(&self.data_dir, self.port, durable, log)?)?;
+        if let Err(reason) = wait_ready(&postmaster, self.port).await {
+            postmaster.stop();
+            return Err(PgError::Start { dir: self.data_dir.clone(), reason, log_tail: log_tail(&log_path, offset) });
+        }
+        tracing::info!(data_dir = %self.data_dir.display(), port = self.port, "restarted private postgresql");
+        self.postmaster = Arc::new(postmaster);
+        Ok(())
     }
 }
 
@@ -273,6 +287,21 @@ struct Setup {
 }
 
 impl Setup {
+    /// The postmaster of the cluster in `data_dir` on 127.0.0.1:`port`, logging to `log`.
+    fn postgres(&self, data_dir: &Path, port: u16, durable: bool, log: File) -> Result<Command, PgError> {
+        let mut cmd = self.command("postgres", log)?;
+        cmd.arg("-D").arg(data_dir).arg("-p").arg(port.to_string());
+        for setting in ["listen_addresses=127.0.0.1", "unix_socket_directories=", "max_connections=200"] {
+            cmd.args(["-c", setting]);
+        }
+        if !durable {
+            for setting in ["fsync=off", "synchronous_commit=off", "full_page_writes=off"] {
+                cmd.args(["-c", setting]);
+            }
+        }
+        Ok(cmd)
+    }
+
     fn command(&self, program: &str, log: File) -> Result<Command, PgError> {
         let path = self.bin.join(program);
         let stderr = log.try_clone().map_err(io_error("duplicate the log file for", &path))?;
