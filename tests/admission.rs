@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{TIMEOUT, TestApp, active_copies};
+use common::{TIMEOUT, TestApp, active_copies, final_status};
 use kalshi_replay::{
     limits::Limits,
     proto::{
@@ -148,13 +148,7 @@ async fn a_stream_whose_client_reads_nothing_is_ended_and_frees_its_connections(
     assert!(freed >= idle, "ended before the idle timeout: {freed:?}");
     drop(admitted);
     // the stalled client, reading at last, gets what was buffered and then UNAVAILABLE naming the limit
-    let status = loop {
-        match stream.message().await {
-            Ok(Some(_)) => {}
-            Ok(None) => panic!("the stream ended with OK, without its summary"),
-            Err(status) => break status,
-        }
-    };
+    let status = final_status(&mut stream).await;
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(status.message().contains("--stream-idle-timeout"), "{}", status.message());
     eprintln!("idle stream ended and its place freed {freed:?} after it started (idle timeout {idle:?})");
@@ -223,13 +217,7 @@ async fn at_shutdown_streams_in_flight_end_after_the_drain() {
     let took = started.elapsed();
     stopped.expect("the server stops after the drain, not when the stalled client reads").expect("stopped");
     assert!(took >= drain, "stopped before the drain's grace: {took:?}");
-    let status = loop {
-        match stream.message().await {
-            Ok(Some(_)) => {}
-            Ok(None) => panic!("the stream ended with OK, without its summary"),
-            Err(status) => break status,
-        }
-    };
+    let status = final_status(&mut stream).await;
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     eprintln!("server stopped {took:?} after the shutdown signal (drain {drain:?})");
 }

@@ -11,14 +11,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{TIMEOUT, TestApp, TestDb, all_markets, expected_hash, summary_of};
+use common::{TIMEOUT, TestApp, TestDb, all_markets, expected_hash, summary_of, trades_of};
 use kalshi_replay::{
     error::Error,
     generate::{DatasetSpec, generate},
     proto::{
-        IngestTradesRequest, ListMarketsRequest, Side, StreamCandlesRequest, StreamTradesRequest, StreamTradesResponse,
-        Trade, ingest_service_client::IngestServiceClient, reference_service_client::ReferenceServiceClient,
-        replay_service_client::ReplayServiceClient, stream_trades_response::Payload,
+        IngestTradesRequest, ListMarketsRequest, Side, StreamCandlesRequest, StreamTradesRequest, Trade,
+        ingest_service_client::IngestServiceClient, reference_service_client::ReferenceServiceClient,
+        replay_service_client::ReplayServiceClient,
     },
     server::{self, Pools, ServerOptions},
     store::{db::Database, migrate, pg::PrivatePostgres},
@@ -250,16 +250,6 @@ fn all_trades(markets: &[String]) -> StreamTradesRequest {
         end_time: Some(ts(DATA_END)),
         ..Default::default()
     }
-}
-
-fn trades_of(messages: &[StreamTradesResponse]) -> Vec<Trade> {
-    let mut out = Vec::new();
-    for message in messages {
-        if let Some(Payload::Trades(batch)) = &message.payload {
-            out.extend(batch.trades.iter().cloned());
-        }
-    }
-    out
 }
 
 /// Pool size of the storm's server.

@@ -9,13 +9,13 @@ use std::time::Duration;
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};
-use common::{TIMEOUT, TestDb, collect, summary_of};
+use common::{TIMEOUT, TestDb, collect, summary_of, trades_of};
 use kalshi_replay::{
     error::Error,
     proto::{
         FillPolicy, ListMarketsRequest, StreamCandlesRequest, StreamTradesRequest, StreamTradesResponse, Trade,
         reference_service_client::ReferenceServiceClient, replay_service_client::ReplayServiceClient,
-        stream_candles_response, stream_trades_response::Payload,
+        stream_candles_response,
     },
     server::{self, Pools, ServerOptions},
 };
@@ -44,16 +44,6 @@ fn trades_request(markets: &[&str]) -> StreamTradesRequest {
         end_time: Some(ts("2026-01-08T00:00:00Z")),
         ..Default::default()
     }
-}
-
-fn trades_of(messages: &[StreamTradesResponse]) -> Vec<Trade> {
-    let mut out = Vec::new();
-    for message in messages {
-        if let Some(Payload::Trades(batch)) = &message.payload {
-            out.extend(batch.trades.iter().cloned());
-        }
-    }
-    out
 }
 
 /// The server in this process over `db`, so that a test can stop it and start another on the same database.

@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use common::{
-    TestApp, active_copies, all_markets, expected_hash, rss_kib, serve_binary, summary_of, wait_until_no_copy,
+    TestApp, active_copies, all_markets, expected_hash, rss_kib, serve_binary, summary_of, trades_of,
+    wait_until_no_copy,
 };
 use kalshi_replay::proto::{
-    Layout, StreamTradesRequest, StreamTradesResponse, Trade, TradeColumns, replay_service_client::ReplayServiceClient,
+    Layout, StreamTradesRequest, StreamTradesResponse, Trade, replay_service_client::ReplayServiceClient,
     stream_trades_response::Payload,
 };
 use prost_types::Timestamp;
@@ -40,39 +41,6 @@ async fn messages(
     request: StreamTradesRequest,
 ) -> Result<Vec<StreamTradesResponse>, tonic::Status> {
     common::collect(client.stream_trades(request).await?.into_inner()).await
-}
-
-/// The trades of data messages in either layout (columns rebuilt into rows with the stream's dictionary).
-fn trades_of(messages: &[StreamTradesResponse]) -> Vec<Trade> {
-    let mut dictionary: Vec<String> = Vec::new();
-    let mut out = Vec::new();
-    for message in messages {
-        match &message.payload {
-            Some(Payload::Trades(batch)) => out.extend(batch.trades.iter().cloned()),
-            Some(Payload::Columns(c)) => out.extend(rows_of_columns(c, &mut dictionary)),
-            _ => {}
-        }
-    }
-    out
-}
-
-fn rows_of_columns(c: &TradeColumns, dictionary: &mut Vec<String>) -> Vec<Trade> {
-    dictionary.extend(c.new_market_tickers.iter().cloned());
-    (0..c.time_micros.len())
-        .map(|i| Trade {
-            trade_id: c.trade_id[i].clone(),
-            market_ticker: dictionary[c.market_index[i] as usize].clone(),
-            time: Some(Timestamp {
-                seconds: c.time_micros[i].div_euclid(1_000_000),
-                nanos: (c.time_micros[i].rem_euclid(1_000_000) * 1000) as i32,
-            }),
-            yes_price_micros: c.yes_price_micros[i],
-            no_price_micros: 1_000_000 - c.yes_price_micros[i],
-            count_centi: c.count_centi[i],
-            taker_side: c.taker_side[i],
-            ingest_seq: c.ingest_seq[i],
-        })
-        .collect()
 }
 
 fn key(t: &Trade) -> (i64, i32, Vec<u8>, Vec<u8>) {

@@ -14,7 +14,8 @@ use std::{
 use kalshi_replay::{
     error::Error,
     proto::{
-        StreamCandlesResponse, StreamSummary, StreamTradesResponse, stream_candles_response, stream_trades_response,
+        StreamCandlesResponse, StreamSummary, StreamTradesResponse, Trade, TradeColumns, stream_candles_response,
+        stream_trades_response,
     },
     server::{self, Pools, ServerOptions},
     store::db::{self, Database},
@@ -361,4 +362,49 @@ pub fn expected_hash<M: prost::Message>(items: &[M]) -> Vec<u8> {
         hash.update(&encoded);
     }
     hash.finalize().to_vec()
+}
+
+/// The trades of data messages in either layout (columns rebuilt into rows with the stream's dictionary).
+pub fn trades_of(messages: &[StreamTradesResponse]) -> Vec<Trade> {
+    let mut dictionary: Vec<String> = Vec::new();
+    let mut out = Vec::new();
+    for message in messages {
+        match &message.payload {
+            Some(stream_trades_response::Payload::Trades(batch)) => out.extend(batch.trades.iter().cloned()),
+            Some(stream_trades_response::Payload::Columns(c)) => out.extend(rows_of_columns(c, &mut dictionary)),
+            _ => {}
+        }
+    }
+    out
+}
+
+pub fn rows_of_columns(c: &TradeColumns, dictionary: &mut Vec<String>) -> Vec<Trade> {
+    dictionary.extend(c.new_market_tickers.iter().cloned());
+    (0..c.time_micros.len())
+        .map(|i| Trade {
+            trade_id: c.trade_id[i].clone(),
+            market_ticker: dictionary[c.market_index[i] as usize].clone(),
+            time: Some(prost_types::Timestamp {
+                seconds: c.time_micros[i].div_euclid(1_000_000),
+                nanos: (c.time_micros[i].rem_euclid(1_000_000) * 1000) as i32,
+            }),
+            yes_price_micros: c.yes_price_micros[i],
+            no_price_micros: 1_000_000 - c.yes_price_micros[i],
+            count_centi: c.count_centi[i],
+            taker_side: c.taker_side[i],
+            ingest_seq: c.ingest_seq[i],
+        })
+        .collect()
+}
+
+/// The status a stream ends with, after every data message still buffered; a stream that ends OK (without an
+/// error) fails the test, since the callers expect it cut.
+pub async fn final_status<T>(stream: &mut tonic::Streaming<T>) -> tonic::Status {
+    loop {
+        match stream.message().await {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the stream ended with OK"),
+            Err(status) => return status,
+        }
+    }
 }
