@@ -12,17 +12,15 @@
 //!   open/migrate/stop frame of the database.
 //! - [`bench`] — `bench`: one module per target (reference, replay, candles, ingest) over shared helpers
 //!   (database frame, dataset, server child, psql COPY, stream drain, median).
-//! - [`admission`] — caps on concurrent streams (in all and per connection) and writes, second readers, the
-//!   drain at shutdown.
 //! - [`server`] — the tonic server: the three services, health per service, reflection v1/v1alpha, background
 //!   tasks.
 //!
 //! Services:
-//! - [`reference`] — ReferenceService: hierarchy lookups, settlements, keyset paging; [`reference::cache`] of
+//! - [`reference`](mod@reference) — ReferenceService: hierarchy lookups, settlements, keyset paging; [`reference::cache`] of
 //!   lookups kept coherent by LISTEN/NOTIFY; [`reference::coverage`], GetCoverage from the per-day counts.
 //! - [`replay`] — ReplayService: the handlers over the replay contract ([`replay::request`] fields and resume
-//!   positions, [`replay::snapshot`] transaction and ordered COPY, [`replay::runner`] channel and cancellation,
-//!   [`replay::sql`], [`replay::hash`]) and one module per stream body: [`replay::trades`],
+//!   positions, [`replay::snapshot`] transaction and ordered COPY, [`replay::runner`] admission, channel,
+//!   cancellation, idle and drain ends, [`replay::sql`] bound values, [`replay::hash`]) and one module per stream body: [`replay::trades`],
 //!   [`replay::candles`] (folded by [`replay::ohlcv`], read from the write-time [`replay::aggregates`]).
 //! - [`ingest`] — IngestService over the write core: [`ingest::validate`] every item into its table's row,
 //!   [`ingest::tables`] (columns, keys, the generated SQL), [`ingest::write`] (staging by binary COPY, one
@@ -31,16 +29,18 @@
 //!   [`import::kalshi`] converts Kalshi's REST and WebSocket JSON exactly.
 //!
 //! Storage:
-//! - [`store`] — [`store::db`] (where the database is, connections, the pool), [`store::pg`] (the private
-//!   cluster), [`store::migrate`] (embedded migrations), [`store::partitions`] (daily partitions),
-//!   [`store::copy`] (reader of the binary COPY format).
+//! - [`store`] — [`store::db`] (where the database is, connections, the pool and its cancel-safe sections),
+//!   [`store::pg`] (the private cluster), [`store::migrate`] (embedded migrations), [`store::partitions`] (daily
+//!   partitions), [`store::copy`] (reader of the binary COPY format).
 //!
 //! Ground, used by all:
 //! - [`proto`] — the generated code of `kalshi.replay.v1`, the hand-encoded batch messages, the descriptor set.
 //! - [`error`] — the error enum and its single mapping to gRPC status codes.
-//! - [`time`] — Timestamp <-> chrono conversions; [`token`] — opaque page and resume tokens; [`decimal`] — exact
-//!   parsing of Kalshi's fixed-point strings; [`limits`] — every limit the server enforces; [`generate`] — the deterministic synthetic dataset;
-//!   [`telemetry`] — logging.
+//! - [`admission`] — caps on concurrent streams (in all and per client connection) and writes, the drain at
+//!   shutdown; [`limits`] — every limit the server enforces, with its default.
+//! - [`time`] — Timestamp <-> chrono conversions; [`token`] — page and resume tokens, signed with the database's
+//!   key; [`decimal`] — exact parsing of Kalshi's fixed-point strings; [`generate`] — the deterministic synthetic
+//!   dataset; [`telemetry`] — logging.
 
 pub mod admission;
 pub mod app;

@@ -1,6 +1,6 @@
 //! `bench`: measurements of the running service against references run side by side, one module per target.
 //!
-//! - [`reference`]: ReferenceService under concurrent load, throughput and latency percentiles per RPC.
+//! - [`reference`](mod@reference): ReferenceService under concurrent load, throughput and latency percentiles per RPC.
 //! - [`replay`]: StreamTrades against psql's COPY of the same rows, and the server's peak RSS.
 //! - [`candles`]: StreamCandles against psql running the same aggregation in SQL.
 //! - [`ingest`]: IngestTrades and `import` against psql's COPY FROM STDIN of the same rows.

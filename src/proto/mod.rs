@@ -1,5 +1,5 @@
 //! The protobuf and gRPC code of `kalshi.replay.v1`: the generated messages and services, the two batch
-//! messages written by hand ([`batch`]), and the descriptor set served by reflection. It depends on nothing else
+//! messages written by hand (`batch`), and the descriptor set served by reflection. It depends on nothing else
 //! of the crate; conversions between the wire and the domain live beside the domain types that need them
 //! ([`time`](crate::time) for timestamps, the stream bodies for their items).
 

@@ -10,7 +10,7 @@
 //!
 //! - [`request`]: the common request fields, resume positions and deadlines.
 //! - [`snapshot`]: the snapshot transaction and the ordered, parallel COPY of a range's segments.
-//! - [`runner`]: the one stream runner (channel, send, summary, cancellation) and the [`runner::StreamBody`]
+//! - [`runner`]: the one stream runner (channel, send, summary, cancellation) and the `runner::StreamBody`
 //!   each stream implements.
 //! - [`sql`]: literals, the market filter and the day segments of the COPY statements.
 //! - [`hash`]: the streams' content hash.
