@@ -90,7 +90,7 @@ async fn stream(mut client: ReplayServiceClient<Channel>, request: StreamCandles
             Drained::Items(batch.candles.len() as u64, sum)
         }
         Some(Payload::Summary(s)) => Drained::Summary(s),
-        None => Drained::Nothing,
+        Some(Payload::Arrow(_)) | None => Drained::Nothing,
     })
     .await
 }

@@ -98,7 +98,7 @@ async fn stream(mut client: ReplayServiceClient<Channel>, request: StreamTradesR
             Drained::Items(columns.yes_price_micros.len() as u64, values.fold(0i64, |s, (p, c)| s.wrapping_add(p ^ c)))
         }
         Some(Payload::Summary(s)) => Drained::Summary(s),
-        None => Drained::Nothing,
+        Some(Payload::Arrow(_)) | None => Drained::Nothing,
     })
     .await
 }

@@ -65,7 +65,8 @@ impl StreamBody for TradeStream {
         let layout = match Layout::try_from(request.layout) {
             Ok(Layout::Unspecified | Layout::Rows) => Layout::Rows,
             Ok(Layout::Columns) => Layout::Columns,
-            Err(_) => {
+            // Served from the next commits on; refused until then rather than answered in another layout.
+            Ok(Layout::Arrow) | Err(_) => {
                 return Err(Error::invalid(
                     "layout",
                     format!("unknown value {}; allowed: 0 (rows), LAYOUT_ROWS (1), LAYOUT_COLUMNS (2)", request.layout),
