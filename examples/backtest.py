@@ -301,8 +301,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     backtest = Backtest(args.level_micros, args.qty_centi, curve)
     interval_seconds = 3600
     with kalshi_replay.Client(args.target) as client:
-        for trade in client.trades(markets=args.market, series=args.series, start=args.start, end=args.end):
+        stream = client.trades(markets=args.market, series=args.series, start=args.start, end=args.end)
+        for trade in stream:
             backtest.on_trade(trade.market_ticker, trade.time_micros, trade.yes_price_micros)
+        # the client checked the summary's count and hash; its watermark pins this data version for a re-run
+        print(f"replayed {stream.summary.item_count} trades at watermark {stream.summary.watermark}")
         exits = backtest.settle(client, end_micros)
         hot = most_traded(backtest.markets)
         candles: list[tuple[datetime, int, int, int, int]] = []
