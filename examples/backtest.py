@@ -27,13 +27,10 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Protocol
 
 import kalshi_replay
 import matplotlib
 import matplotlib.pyplot as plt
-from google.protobuf.timestamp_pb2 import Timestamp
-from kalshi_replay._proto.kalshi.replay.v1 import types_pb2
 
 ONE_DOLLAR_MICROS = 1_000_000
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -161,40 +158,24 @@ class Backtest:
         return exits
 
 
-class SettlementLike(Protocol):
-    """What the strategy reads of a settlement."""
-
-    @property
-    def market_ticker(self) -> str: ...
-    @property
-    def result(self) -> int: ...
-    @property
-    def settlement_value_micros(self) -> int: ...
-
-
-def payout_of(settlement: SettlementLike, entry: int) -> tuple[int, str]:
+def payout_of(settlement: kalshi_replay.Settlement, entry: int) -> tuple[int, str]:
     """What one YES contract paid, in micros, by the settlement's result; VOID returns the entry price."""
-    result, value = int(settlement.result), settlement.settlement_value_micros
-    if result == types_pb2.SETTLEMENT_RESULT_YES:
+    result = settlement.result
+    if result == kalshi_replay.SettlementResult.YES:
         return ONE_DOLLAR_MICROS, "yes"
-    if result == types_pb2.SETTLEMENT_RESULT_NO:
+    if result == kalshi_replay.SettlementResult.NO:
         return 0, "no"
-    if result == types_pb2.SETTLEMENT_RESULT_SCALAR:
-        return value, "scalar"
-    if result == types_pb2.SETTLEMENT_RESULT_VOID:
+    if result == kalshi_replay.SettlementResult.SCALAR:
+        return settlement.settlement_value_micros, "scalar"
+    if result == kalshi_replay.SettlementResult.VOID:
         return entry, "void"
-    raise ValueError(f"settlement of {settlement.market_ticker}: unknown result {result}")
+    raise ValueError(f"settlement of {settlement.market_ticker}: unknown result {result!r}")
 
 
-def settlement_micros(settlement: SettlementLike) -> int | None:
+def settlement_micros(settlement: kalshi_replay.Settlement) -> int | None:
     """When the settlement paid out (or was determined), if known."""
-    for name in ("settled_time", "determined_time"):
-        value = getattr(settlement, name, None)
-        if isinstance(value, datetime):
-            return to_micros(value)
-        if isinstance(value, Timestamp) and (value.seconds or value.nanos):
-            return value.ToMicroseconds()
-    return None
+    when = settlement.settled_time or settlement.determined_time
+    return None if when is None else to_micros(when)
 
 
 def equity_series(curve: Curve, exits: Sequence[Exit], end_micros: int) -> tuple[list[int], list[int], list[int]]:
@@ -310,14 +291,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         hot = most_traded(backtest.markets)
         candles: list[tuple[datetime, int, int, int, int]] = []
         if hot is not None:
-            table = client.candles_frame(
-                markets=[hot], start=args.start, end=args.end, interval_seconds=interval_seconds
-            )
-            columns = [
-                table.column(name).to_pylist()
-                for name in ("period_start", "open_micros", "high_micros", "low_micros", "close_micros")
-            ]
-            candles = list(zip(*columns))
+            # a few hundred candles: the plain objects of candles() are all the picture needs
+            for c in client.candles(markets=[hot], start=args.start, end=args.end, interval_seconds=interval_seconds):
+                candles.append((c.period_start, c.open_micros, c.high_micros, c.low_micros, c.close_micros))
 
     for done in exits:
         print(f"exit {done.ticker} {done.outcome} entry={done.entry} payout={done.payout} pnl_micros={done.pnl}")

@@ -79,7 +79,7 @@ class Setup:
             "ORDER BY ts, ticker, trade_id"
         )
 
-    def request(self, layout: replay_pb2.Layout) -> replay_pb2.StreamTradesRequest:
+    def request(self, layout: replay_pb2.Layout.ValueType) -> replay_pb2.StreamTradesRequest:
         start, end = Timestamp(), Timestamp()
         start.FromDatetime(self.start)
         end.FromDatetime(self.end)
@@ -146,7 +146,7 @@ def via_stub_rows(setup: Setup) -> pd.DataFrame:
                     sides.append(t.taker_side)
                     seqs.append(t.ingest_seq)
     columns = [to_time(times), tickers, ids, prices, counts, sides, seqs]
-    return pd.DataFrame(dict(zip(COLUMNS, columns)))
+    return pd.DataFrame(dict(zip(COLUMNS, columns, strict=True)))
 
 
 def via_stub_columns(setup: Setup) -> pd.DataFrame:
@@ -179,7 +179,7 @@ def via_stub_columns(setup: Setup) -> pd.DataFrame:
         joined("side", np.int8),
         joined("seq", np.int64),
     ]
-    return pd.DataFrame(dict(zip(COLUMNS, columns)))
+    return pd.DataFrame(dict(zip(COLUMNS, columns, strict=True)))
 
 
 def via_client_iterator(setup: Setup) -> pd.DataFrame:
@@ -200,7 +200,7 @@ def via_client_iterator(setup: Setup) -> pd.DataFrame:
             sides.append(int(t.taker_side))
             seqs.append(t.ingest_seq)
     columns = [to_time(times), tickers, ids, prices, counts, sides, seqs]
-    return pd.DataFrame(dict(zip(COLUMNS, columns)))
+    return pd.DataFrame(dict(zip(COLUMNS, columns, strict=True)))
 
 
 def via_client_frame(setup: Setup) -> pd.DataFrame:
