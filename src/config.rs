@@ -205,7 +205,7 @@ pub struct DemoArgs {
     /// Server options.
     #[command(flatten)]
     pub serve: ServeArgs,
-    /// Shape of the dataset generated when the database holds no trades.
+    /// Shape of the dataset generated when the database holds no markets.
     #[command(flatten)]
     pub dataset: DatasetArgs,
 }

@@ -2,11 +2,9 @@
 //! the demo, shutdown on SIGTERM and Ctrl-C stopping the private cluster, and the clear error for an unreachable
 //! database.
 
-use std::{
-    path::{Path, PathBuf},
-    process::Stdio,
-    time::Duration,
-};
+mod common;
+
+use std::{path::Path, process::Stdio, time::Duration};
 
 use nix::{
     sys::signal::{Signal, kill},
@@ -109,19 +107,8 @@ fn postmaster_running(data_dir: &Path) -> bool {
     pid > 0 && kill(Pid::from_raw(pid), None).is_ok()
 }
 
-fn grpcurl() -> PathBuf {
-    if let Some(path) = std::env::var_os("GRPCURL") {
-        return PathBuf::from(path);
-    }
-    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/grpcurl");
-    if local.exists() {
-        return local;
-    }
-    panic!("grpcurl not found: run scripts/test (it installs grpcurl into .venv) or set GRPCURL");
-}
-
 async fn run_grpcurl(args: &[&str]) -> String {
-    let output = Command::new(grpcurl()).args(args).output().await.expect("run grpcurl");
+    let output = Command::new(common::grpcurl()).args(args).output().await.expect("run grpcurl");
     assert!(output.status.success(), "grpcurl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8(output.stdout).expect("utf-8")
 }

@@ -7,6 +7,7 @@
 
 use std::{
     net::SocketAddr,
+    path::{Path, PathBuf},
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
@@ -207,15 +208,20 @@ pub async fn all_markets(db: &Client) -> Vec<String> {
 impl TestApp {
     /// A server over a generated dataset of `markets` markets and `trades` trades over 4 days from 2026-01-05.
     pub async fn generated(seed: u64, markets: u32, trades: u64) -> Self {
-        let app = Self::start().await;
-        let spec = kalshi_replay::generate::DatasetSpec {
+        Self::with_dataset(&kalshi_replay::generate::DatasetSpec {
             seed,
             markets,
             days: 4,
             trades,
             start: chrono::NaiveDate::from_ymd_opt(2026, 1, 5).expect("date"),
-        };
-        kalshi_replay::generate::generate(&mut app.db.client().await, &spec).await.expect("generate");
+        })
+        .await
+    }
+
+    /// A server over the generated dataset of `spec`.
+    pub async fn with_dataset(spec: &kalshi_replay::generate::DatasetSpec) -> Self {
+        let app = Self::start().await;
+        kalshi_replay::generate::generate(&mut app.db.client().await, spec).await.expect("generate");
         app
     }
 
@@ -264,6 +270,18 @@ impl TestApp {
             None => Ok(()),
         }
     }
+}
+
+/// The grpcurl binary: $GRPCURL (scripts/test sets it), else the one scripts/test installs into .venv.
+pub fn grpcurl() -> PathBuf {
+    if let Some(path) = std::env::var_os("GRPCURL") {
+        return PathBuf::from(path);
+    }
+    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/grpcurl");
+    if local.exists() {
+        return local;
+    }
+    panic!("grpcurl not found: run scripts/test (it installs grpcurl into .venv) or set GRPCURL");
 }
 
 /// A URL of the test database for another process.
