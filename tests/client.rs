@@ -53,10 +53,9 @@ async fn client_of(app: &TestApp) -> Client {
 /// Every trade of `request` as the server's types decode them, and the summary.
 async fn reference_trades(app: &TestApp, request: &StreamTradesRequest) -> (Vec<ServerTrade>, plain::StreamSummary) {
     let mut server = ServerReplayClient::new(app.channel().await);
-    let messages =
-        common::collect(server.stream_trades(server_request(request)).await.expect("stream").into_inner())
-            .await
-            .expect("messages");
+    let messages = common::collect(server.stream_trades(server_request(request)).await.expect("stream").into_inner())
+        .await
+        .expect("messages");
     let summary = summary_of(&messages);
     let summary = plain::StreamSummary {
         item_count: summary.item_count,
@@ -113,12 +112,10 @@ async fn a_plain_generated_client_reads_the_hand_encoded_batches_as_the_server_t
                     (&a.new_market_tickers, &a.market_index, &a.time_micros, &a.yes_price_micros),
                     (&b.new_market_tickers, &b.market_index, &b.time_micros, &b.yes_price_micros)
                 );
-                assert_eq!((&a.count_centi, &a.taker_side, &a.trade_id, &a.ingest_seq), (
-                    &b.count_centi,
-                    &b.taker_side,
-                    &b.trade_id,
-                    &b.ingest_seq
-                ));
+                assert_eq!(
+                    (&a.count_centi, &a.taker_side, &a.trade_id, &a.ingest_seq),
+                    (&b.count_centi, &b.taker_side, &b.trade_id, &b.ingest_seq)
+                );
             }
             other => panic!("{layout:?}: unexpected first payloads {other:?}"),
         }
@@ -398,9 +395,8 @@ async fn expected_strategy(app: &TestApp, series: &[String], level: i64, qty: i6
         ..Default::default()
     };
     let mut server = ServerReplayClient::new(app.channel().await);
-    let messages = common::collect(server.stream_trades(request).await.expect("stream").into_inner())
-        .await
-        .expect("messages");
+    let messages =
+        common::collect(server.stream_trades(request).await.expect("stream").into_inner()).await.expect("messages");
     let trades = trades_of(&messages);
     let mut last: BTreeMap<&str, i64> = BTreeMap::new();
     let mut entry: BTreeMap<&str, i64> = BTreeMap::new();

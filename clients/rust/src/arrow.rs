@@ -33,8 +33,7 @@ pub(crate) fn batches<R: Rpc>(resumer: Resumer<R>) -> Replay<RecordBatch> {
 
     let summary = Arc::new(OnceLock::new());
     let checker = if resumer.continues_another() { Checker::unchecked() } else { Checker::count_only() };
-    let state =
-        Box::new(State { resumer, decoder: StreamDecoder::new(), call: 0, checker, summary: summary.clone() });
+    let state = Box::new(State { resumer, decoder: StreamDecoder::new(), call: 0, checker, summary: summary.clone() });
     let batches = futures_util::stream::try_unfold(state, |mut state| async move {
         match state.resumer.next(state.checker.count()).await? {
             Some(Next::Data { data: Data::Arrow(ipc), call }) => {

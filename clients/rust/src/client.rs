@@ -9,13 +9,13 @@ use tonic::transport::{Channel, Endpoint};
 use crate::{
     Error,
     arrow::batches,
+    proto::Event,
     proto::{
         Candle, GetCoverageRequest, GetMarketRequest, GetSettlementRequest, Layout, ListEventsRequest,
         ListMarketsRequest, ListSeriesRequest, ListSettlementsRequest, Market, MarketCoverage, Series, Settlement,
         StreamCandlesRequest, StreamTradesRequest, Trade, reference_service_client::ReferenceServiceClient,
         replay_service_client::ReplayServiceClient,
     },
-    proto::Event,
     replay::{Candles, MAX_MESSAGE_BYTES, Replay, Resumer, Retries, RetryEvent, RetryPolicy, Trades, rows},
 };
 
@@ -89,7 +89,7 @@ impl Client {
             async move {
                 let page = client.list_series(request.clone()).await?.into_inner();
                 let next = (!page.next_page_token.is_empty())
-                    .then(|| ListSeriesRequest { page_token: page.next_page_token, ..request });
+                    .then_some(ListSeriesRequest { page_token: page.next_page_token, ..request });
                 Ok((page.series, next))
             }
         })
@@ -103,7 +103,7 @@ impl Client {
             async move {
                 let page = client.list_events(request.clone()).await?.into_inner();
                 let next = (!page.next_page_token.is_empty())
-                    .then(|| ListEventsRequest { page_token: page.next_page_token, ..request });
+                    .then_some(ListEventsRequest { page_token: page.next_page_token, ..request });
                 Ok((page.events, next))
             }
         })
@@ -117,7 +117,7 @@ impl Client {
             async move {
                 let page = client.list_markets(request.clone()).await?.into_inner();
                 let next = (!page.next_page_token.is_empty())
-                    .then(|| ListMarketsRequest { page_token: page.next_page_token, ..request });
+                    .then_some(ListMarketsRequest { page_token: page.next_page_token, ..request });
                 Ok((page.markets, next))
             }
         })
@@ -135,7 +135,7 @@ impl Client {
             async move {
                 let page = client.list_settlements(request.clone()).await?.into_inner();
                 let next = (!page.next_page_token.is_empty())
-                    .then(|| ListSettlementsRequest { page_token: page.next_page_token, ..request });
+                    .then_some(ListSettlementsRequest { page_token: page.next_page_token, ..request });
                 Ok((page.settlements, next))
             }
         })

@@ -77,11 +77,14 @@ pub struct RetryEvent {
     pub resumed: bool,
 }
 
+/// The callback of [`Client::on_retry`](crate::Client::on_retry).
+pub(crate) type OnRetry = Arc<dyn Fn(&RetryEvent) + Send + Sync>;
+
 /// The retry settings a stream takes from its client.
 #[derive(Clone, Default)]
 pub(crate) struct Retries {
     pub(crate) policy: RetryPolicy,
-    pub(crate) on_retry: Option<Arc<dyn Fn(&RetryEvent) + Send + Sync>>,
+    pub(crate) on_retry: Option<OnRetry>,
     pub(crate) call_timeout: Option<Duration>,
 }
 
@@ -265,7 +268,10 @@ impl<R: Rpc> Resumer<R> {
                 Ok(Some(response)) => match R::open(response) {
                     (Payload::Data(data), token) => {
                         if token.is_empty() {
-                            return Err(Error::Protocol(format!("a data message of {} without a resume token", R::NAME)));
+                            return Err(Error::Protocol(format!(
+                                "a data message of {} without a resume token",
+                                R::NAME
+                            )));
                         }
                         self.token = token;
                         self.attempts = 0;
