@@ -422,3 +422,30 @@ pub(crate) fn rows<R: Rpc>(resumer: Resumer<R>) -> Replay<R::Item> {
 /// The protobuf message size the client accepts: the largest batch the server sends (16384 trades or candles)
 /// with long tickers and ids stays far below it.
 pub(crate) const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap() {
+        let policy = RetryPolicy::default();
+        let delays: Vec<u64> = (1..=8).map(|n| policy.delay(n).as_millis() as u64).collect();
+        assert_eq!(delays, [200, 400, 800, 1600, 3200, 6400, 10_000, 10_000]);
+        assert_eq!(policy.delay(u32::MAX), Duration::from_secs(10), "no overflow");
+    }
+
+    #[test]
+    fn only_cuts_are_resumed() {
+        assert!(resumable(&Status::unavailable("database lost")));
+        assert!(resumable(&Status::deadline_exceeded("deadline")));
+        // a status the server sent: not retried, resuming would hit the same answer
+        for code in [Code::Internal, Code::NotFound, Code::InvalidArgument, Code::ResourceExhausted, Code::Unknown] {
+            assert!(!resumable(&Status::new(code, "from the server")), "{code:?}");
+        }
+        // the transport's status for a broken connection carries its error, whatever its code
+        let broken = Status::from_error(Box::new(std::io::Error::other("error reading a body from connection")));
+        assert_eq!(broken.code(), Code::Unknown);
+        assert!(resumable(&broken));
+    }
+}

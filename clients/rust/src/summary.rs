@@ -153,6 +153,13 @@ mod tests {
     }
 
     #[test]
+    fn a_stream_begun_elsewhere_is_not_checked() {
+        let mut checker = Checker::unchecked();
+        checker.item(&trade("b", 430_000));
+        checker.check(&summary_of(&[trade("a", 420_000), trade("b", 430_000)])).expect("not checked");
+    }
+
+    #[test]
     fn counting_only_checks_the_count() {
         let summary = summary_of(&[trade("a", 420_000), trade("b", 430_000)]);
         let mut checker = Checker::count_only();
