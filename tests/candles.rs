@@ -426,12 +426,14 @@ async fn a_cancelled_or_expired_stream_stops_its_query() {
     drop(stream);
     wait_until_no_copy(&admin, &app.db.name, std::time::Duration::from_secs(1)).await;
 
-    // a deadline that passes mid-stream
+    // a deadline that passes mid-stream: long enough for the first message on a loaded machine (300 ms was not,
+    // at a load of 12 on 2 cores), far shorter than the stream
+    let deadline = std::time::Duration::from_secs(3);
     let mut timed = tonic::Request::new(long);
-    timed.set_timeout(std::time::Duration::from_millis(300));
+    timed.set_timeout(deadline);
     let mut stream = client.stream_candles(timed).await.expect("stream").into_inner();
     stream.message().await.expect("message").expect("data");
-    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    tokio::time::sleep(deadline + std::time::Duration::from_millis(100)).await;
     let end = loop {
         match stream.message().await {
             Ok(Some(_)) => continue,
