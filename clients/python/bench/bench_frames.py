@@ -12,9 +12,10 @@ taker_side, ingest_seq, in the replay order (time, market ticker, trade_id):
 - stubs columns: the generated stubs, LAYOUT_COLUMNS, packed columns through numpy;
 - client iterator: kalshi_replay.Client.trades(), plain Trade objects into column lists;
 - client frame: kalshi_replay.Client.trades_frame() (LAYOUT_ARROW), to_pandas(); and into polars;
-- Rust client (optional, --rust-bin): a program that drains the same stream in the Arrow layout into arrow-rs
-  RecordBatches and prints `{"trades": N, "seconds": S}` as its last line; it is run as
-  `BIN --target HOST:PORT --start RFC3339 --end RFC3339 --batch-size N --series T [--series T ...]`.
+- Rust client: examples/arrow_rate.rs (`cargo build --release --example arrow_rate`), which drains the same
+  stream in the Arrow layout into arrow-rs RecordBatches with the kalshi-replay-client crate and prints
+  `{"trades": N, "seconds": S}`; run as `BIN --target HOST:PORT --start RFC3339 --end RFC3339 --batch-size N
+  --series T [--series T ...]`. Skipped, with a line saying so, when --rust-bin is not there.
 
 Each run measures every way in turn (so that the machine's noise spreads over all of them); the report gives
 medians of --runs. Every way must deliver the same number of rows with the same sums of prices and counts, or
@@ -447,7 +448,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--end", type=parse_time, help="end of the range instead of --days (e.g. for a quick check)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=4096, help="trades per stream message")
-    parser.add_argument("--rust-bin", type=Path, help="the Rust client's Arrow drain program (row skipped if unset)")
+    parser.add_argument(
+        "--rust-bin",
+        type=Path,
+        default=REPO / "target" / "release" / "examples" / "arrow_rate",
+        help="the Rust client's Arrow drain (examples/arrow_rate.rs); its row is skipped when it is not there",
+    )
     parser.add_argument("--skip", action="append", default=[], help="leave out a way, by its name in the table")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = parser.parse_args(argv)
@@ -455,10 +461,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--runs and --days must be at least 1")
     rust_bin: Path | None = args.rust_bin
     rust_note = ""
-    if rust_bin is None:
-        rust_note = f"({RUST}: not measured, pass --rust-bin)"
-    elif not rust_bin.is_file():
-        parser.error(f"--rust-bin {rust_bin} does not exist")
+    if rust_bin is not None and not rust_bin.is_file():
+        rust_note = f"({RUST}: not measured, {rust_bin} does not exist: cargo build --release --example arrow_rate)"
+        rust_bin = None
     with server(args) as (target, url):
         series = all_series(url)
         end = args.end or args.start + timedelta(days=args.days)
