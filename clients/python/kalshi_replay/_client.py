@@ -79,6 +79,7 @@ class _Stream(Generic[_T]):
 
     def __init__(self) -> None:
         self._summary: Summary | None = None
+        self._resume_token = ""
         self._items: Iterator[_T] = iter(())
 
     def __iter__(self) -> Iterator[_T]:
@@ -87,6 +88,12 @@ class _Stream(Generic[_T]):
 
     def __next__(self) -> _T:
         return next(self._items)
+
+    @property
+    def resume_token(self) -> str:
+        """The resume token after the last batch this stream delivered in full (empty before the first): pass it
+        as `resume_token=` to continue in another process with exactly the items after that batch."""
+        return self._resume_token
 
     @property
     def summary(self) -> Summary:
@@ -126,8 +133,9 @@ def _tickers(value: Tickers, name: str) -> list[str]:
     return tickers
 
 
-def _check(summary: replay_pb2.StreamSummary, delivered: int, digest: bytes | None) -> Summary:
-    if summary.item_count != delivered:
+def _check(summary: replay_pb2.StreamSummary, delivered: int | None, digest: bytes | None) -> Summary:
+    """The summary, after checking the count (unless None) and the content hash (unless None) delivered."""
+    if delivered is not None and summary.item_count != delivered:
         raise SummaryMismatch(f"the summary counts {summary.item_count} items, the client delivered {delivered}")
     if digest is not None and summary.content_hash != digest:
         raise SummaryMismatch(
@@ -405,6 +413,7 @@ class Client:
         end: TimeLike,
         as_of_watermark: int | None = None,
         batch_size: int = 0,
+        resume_token: str = "",
     ) -> TradeStream:
         """Every trade of the selected markets in [start, end), as `Trade` values, in the order (time, market ticker,
         trade_id). Markets, events and series are united; at least one ticker is required, and an unknown one
@@ -414,8 +423,13 @@ class Client:
         `stream.summary` holds the server's summary, checked: its item_count and content_hash (SHA-256 over each
         trade's canonical protobuf encoding, prefixed by its length as a little-endian u32) equal those of the
         trades this stream delivered, or SummaryMismatch is raised.
+
+        `resume_token` (another stream's `resume_token`, with the same markets, range and as_of_watermark)
+        continues that stream; the summary then covers the whole request, of which this stream saw only the rest,
+        so it is returned unchecked.
         """
         request = self._trades_request(markets, events, series, start, end, as_of_watermark, batch_size, 1)
+        request.resume_token = resume_token
         stream = TradeStream()
         stream._items = self._trade_items(stream, request)
         return stream
@@ -423,6 +437,7 @@ class Client:
     def _trade_items(self, stream: TradeStream, request: replay_pb2.StreamTradesRequest) -> Iterator[Trade]:
         digest = hashlib.sha256()
         delivered = [0]  # a cell the retry's report reads
+        checked = not request.resume_token
         sides = _SIDES
         build = _TradeBuilder
         for response in self._responses("StreamTrades", self._replay.StreamTrades, request, delivered):
@@ -452,8 +467,13 @@ class Client:
                 digest.update(b"".join(parts))
                 delivered[0] += len(items)
                 yield from items
+                stream._resume_token = response.resume_token
             elif kind == "summary":
-                stream._summary = _check(response.summary, delivered[0], digest.digest())
+                stream._summary = (
+                    _check(response.summary, delivered[0], digest.digest())
+                    if checked
+                    else _check(response.summary, None, None)
+                )
                 return
             else:
                 raise ReplayError(grpc.StatusCode.INTERNAL, f"StreamTrades: unexpected payload {kind!r}")
@@ -470,13 +490,15 @@ class Client:
         fill: str | None = None,
         as_of_watermark: int | None = None,
         batch_size: int = 0,
+        resume_token: str = "",
     ) -> CandleStream:
         """OHLCV candles of the selected markets over `interval_seconds` periods aligned to UTC midnight, in the
         order (period start, market ticker); `fill='previous'` adds empty periods. Resumes and checks its summary
-        (count and content hash) as `trades` does."""
+        (count and content hash) as `trades` does, and takes a `resume_token` likewise."""
         request = self._candles_request(
             markets, events, series, start, end, interval_seconds, fill, as_of_watermark, batch_size, 1
         )
+        request.resume_token = resume_token
         stream = CandleStream()
         stream._items = self._candle_items(stream, request)
         return stream
@@ -510,6 +532,7 @@ class Client:
     def _candle_items(self, stream: CandleStream, request: replay_pb2.StreamCandlesRequest) -> Iterator[Candle]:
         digest = hashlib.sha256()
         delivered = [0]  # a cell the retry's report reads
+        checked = not request.resume_token
         for response in self._responses("StreamCandles", self._replay.StreamCandles, request, delivered):
             if response is None:
                 continue
@@ -525,8 +548,13 @@ class Client:
                 digest.update(b"".join(parts))
                 delivered[0] += len(items)
                 yield from items
+                stream._resume_token = response.resume_token
             elif kind == "summary":
-                stream._summary = _check(response.summary, delivered[0], digest.digest())
+                stream._summary = (
+                    _check(response.summary, delivered[0], digest.digest())
+                    if checked
+                    else _check(response.summary, None, None)
+                )
                 return
             else:
                 raise ReplayError(grpc.StatusCode.INTERNAL, f"StreamCandles: unexpected payload {kind!r}")
