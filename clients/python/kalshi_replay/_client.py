@@ -466,8 +466,12 @@ class Client:
                     items.append(item)
                 digest.update(b"".join(parts))
                 delivered[0] += len(items)
-                yield from items
-                stream._resume_token = response.resume_token
+                if items:
+                    # the token covers the batch once its last item is handed out
+                    last = items.pop()
+                    yield from items
+                    stream._resume_token = response.resume_token
+                    yield last
             elif kind == "summary":
                 stream._summary = (
                     _check(response.summary, delivered[0], digest.digest())
@@ -547,8 +551,12 @@ class Client:
                     items.append(Candle.from_proto(c))
                 digest.update(b"".join(parts))
                 delivered[0] += len(items)
-                yield from items
-                stream._resume_token = response.resume_token
+                if items:
+                    # the token covers the batch once its last item is handed out
+                    last = items.pop()
+                    yield from items
+                    stream._resume_token = response.resume_token
+                    yield last
             elif kind == "summary":
                 stream._summary = (
                     _check(response.summary, delivered[0], digest.digest())
