@@ -4,12 +4,14 @@ database). The binary is $KALSHI_REPLAY_BIN, or target/debug/kalshi-replay of th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -132,3 +134,54 @@ def server() -> Iterator[Server]:
 def client(server: Server) -> Iterator[Client]:
     with Client(server.target) as c:
         yield c
+
+
+class CuttingProxy:
+    """A TCP proxy in front of the server that cuts its first connection after `cut_after` bytes from the server:
+    a real transport failure in the middle of a stream, at a point the test chooses. Later connections pass."""
+
+    def __init__(self, upstream: str, cut_after: int) -> None:
+        host, port = upstream.rsplit(":", 1)
+        self._upstream = (host, int(port))
+        self._cut_after = cut_after
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.target = f"127.0.0.1:{self._listener.getsockname()[1]}"
+        self.connections = 0
+        self.cuts = 0
+        self._sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self._upstream)
+            self._sockets += [client, server]
+            self.connections += 1
+            limit = self._cut_after if self.connections == 1 else None
+            threading.Thread(target=self._pump, args=(client, server, None), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, limit), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, limit: int | None) -> None:
+        passed = 0
+        try:
+            while data := source.recv(65536):
+                if limit is not None and passed + len(data) > limit:
+                    self.cuts += 1
+                    break
+                sink.sendall(data)
+                passed += len(data)
+        except OSError:
+            pass
+        for s in (source, sink):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def close(self) -> None:
+        self._listener.close()
+        for s in self._sockets:
+            with contextlib.suppress(OSError):
+                s.close()
