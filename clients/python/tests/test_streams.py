@@ -196,3 +196,13 @@ def test_candles_hash_as_the_server_says_and_agree_with_the_trades(
     assert any(c.empty for c in filled_candles)
     assert len(filled_candles) > len(sparse)
     assert [c for c in filled_candles if not c.empty] == sparse
+
+
+def test_verify_hash_false_gives_the_same_trades_and_summary(
+    client: Client, all_trades: tuple[list[Trade], int, bytes]
+) -> None:
+    trades, watermark, content_hash = all_trades
+    stream = client.trades(series=SERIES, start=START, end=END, as_of_watermark=watermark, verify_hash=False)
+    assert list(stream) == trades
+    assert stream.summary.item_count == len(trades)
+    assert stream.summary.content_hash == content_hash
