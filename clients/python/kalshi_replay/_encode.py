@@ -4,11 +4,11 @@ without a protobuf object per trade.
 
 Each trade's encoding is a fixed sequence of pieces, in field-number order, a piece left out where proto3 omits a
 zero value: trade_id (1), market_ticker (2), time (3, a Timestamp: seconds 1, nanos 2), yes_price_micros (4),
-no_price_micros (5), count_centi (6), taker_side (7), ingest_seq (8). Every piece becomes a block of one row per
-trade, left-aligned and as wide as its longest value, with a mask of the bytes in use; the blocks side by side,
-compacted by the mask in row-major order, are the trades' encodings one after the other. So the work is a few
-dozen whole-array operations per batch, none per trade. The test suite checks the result against the server's
-summary hash."""
+no_price_micros (5), count_centi (6), taker_side (7), ingest_seq (8). Every trade gets a row of a block as wide as
+the longest encoding; each piece is written for all trades at once at a column offset, left-aligned, and a mask
+marks the bytes in use. The block compacted by the mask in row-major order is the trades' encodings one after the
+other. So the work is some hundred whole-array operations per batch, none per trade. The test suite checks the
+result against protobuf's own encoder and against the server's summary hash."""
 
 from __future__ import annotations
 
@@ -28,50 +28,50 @@ def varint_len(values: Array) -> Array:
     return np.searchsorted(_THRESHOLDS, values.astype(np.uint64, copy=False), side="right").astype(np.int64) + 1
 
 
-def _varint_block(values: Array, lengths: Array) -> tuple[Array, Array]:
-    """Each value's varint bytes, left-aligned in a block as wide as the longest, and its used-byte mask."""
-    n = len(lengths)
-    width = int(lengths.max()) if n else 1
-    v = values.astype(np.uint64, copy=False)
-    block = np.empty((n, width), dtype=np.uint8)
-    for k in range(width):  # a column at a time: shifts by a scalar are vectorized, by an array they are not
-        column = (v >> np.uint64(7 * k)).astype(np.uint8)
-        column &= 0x7F
-        column[lengths - 1 > k] |= 0x80  # continuation bit: all but each value's last byte
-        block[:, k] = column
-    return block, _COLUMNS[:width] < lengths[:, None]
+class _Rows:
+    """One row per trade, as wide as the longest encoding: pieces go in at column offsets, left-aligned, and the
+    mask marks the bytes in use."""
+
+    def __init__(self, n: int, width: int) -> None:
+        self.block = np.zeros((n, width), dtype=np.uint8)
+        self.used = np.zeros((n, width), dtype=bool)
+        self.at = 0
+
+    def byte(self, value: int, present: Array) -> None:
+        self.block[:, self.at] = value
+        self.used[:, self.at] = present
+        self.at += 1
+
+    def varint(self, values: Array, lengths: Array, present: Array) -> None:
+        v = values.astype(np.uint64, copy=False)
+        for k in range(int(lengths.max()) if len(lengths) else 1):
+            # a column at a time: a shift by a scalar is vectorized, a shift by an array is not
+            column = (v >> np.uint64(7 * k)).astype(np.uint8)
+            column &= 0x7F
+            column |= (lengths - 1 > k).view(np.uint8) << 7  # continuation bit: all but each value's last byte
+            self.block[:, self.at] = column
+            self.used[:, self.at] = present & (lengths > k)
+            self.at += 1
+
+    def field(self, tag: int, values: Array) -> None:
+        """A varint field (tag byte and value), omitted where the value is 0."""
+        present = values != 0
+        self.byte(tag, present)
+        self.varint(values, varint_len(values), present)
+
+    def bytes_field(self, tag: int, data: Array, lengths: Array) -> None:
+        """A length-delimited field from left-aligned bytes (`data`, one row per value), omitted where empty."""
+        present = lengths > 0
+        self.byte(tag, present)
+        self.varint(lengths, varint_len(lengths), present)
+        width = data.shape[1]
+        self.block[:, self.at : self.at + width] = data
+        self.used[:, self.at : self.at + width] = np.arange(width, dtype=np.int64) < lengths[:, None]
+        self.at += width
 
 
-def _field(tag: int, values: Array) -> tuple[Array, Array]:
-    """A varint field (tag byte and value), omitted where the value is 0: its block and mask."""
-    lengths = varint_len(values)
-    body, used = _varint_block(values, lengths)
-    n = len(values)
-    present = values != 0
-    block = np.empty((n, body.shape[1] + 1), dtype=np.uint8)
-    block[:, 0] = tag
-    block[:, 1:] = body
-    mask = np.empty(block.shape, dtype=bool)
-    mask[:, 0] = present
-    mask[:, 1:] = used & present[:, None]
-    return block, mask
-
-
-def _bytes_field(tag: int, data: Array, lengths: Array) -> tuple[Array, Array]:
-    """A length-delimited field from left-aligned bytes (`data`, one row per value), omitted where empty."""
-    header, header_used = _varint_block(lengths, varint_len(lengths))
-    n = len(lengths)
-    width = header.shape[1]
-    block = np.empty((n, 1 + width + data.shape[1]), dtype=np.uint8)
-    block[:, 0] = tag
-    block[:, 1 : 1 + width] = header
-    block[:, 1 + width :] = data
-    present = lengths > 0
-    mask = np.empty(block.shape, dtype=bool)
-    mask[:, 0] = present
-    mask[:, 1 : 1 + width] = header_used & present[:, None]
-    mask[:, 1 + width :] = np.arange(data.shape[1], dtype=np.int64) < lengths[:, None]
-    return block, mask
+def _field_len(values: Array) -> Array:
+    return np.where(values != 0, 1 + varint_len(values), 0)
 
 
 def padded(values: list[str]) -> tuple[Array, Array]:
@@ -105,22 +105,25 @@ def encode_trades(
     n = len(time_micros)
     seconds = np.floor_divide(time_micros, 1_000_000)
     nanos = (time_micros - seconds * 1_000_000) * 1000
-    timestamp = [_field(0x08, seconds), _field(0x10, nanos)]
-    ts_len = sum(mask.sum(axis=1) for _, mask in timestamp)
-    ts_header, ts_header_used = _varint_block(ts_len, varint_len(ts_len))
-    pieces = [
-        _bytes_field(0x0A, ids, id_lengths),
-        _bytes_field(0x12, tickers, ticker_lengths),
-        (np.full((n, 1), 0x1A, dtype=np.uint8), np.ones((n, 1), dtype=bool)),  # time: always set
-        (ts_header, ts_header_used),
-        *timestamp,
-        _field(0x20, yes_price_micros),
-        _field(0x28, no_price_micros),
-        _field(0x30, count_centi),
-        _field(0x38, taker_side),
-        _field(0x40, ingest_seq),
-    ]
-    masks = np.hstack([mask for _, mask in pieces])
-    prefix = masks.sum(axis=1).astype("<u4").view(np.uint8).reshape(n, 4)
-    blocks = np.hstack([prefix, *(block for block, _ in pieces)])
-    return blocks[np.hstack([np.ones((n, 4), dtype=bool), masks])]
+    ts_len = _field_len(seconds) + _field_len(nanos)
+    columns = [seconds, nanos, yes_price_micros, no_price_micros, count_centi, taker_side, ingest_seq, ts_len]
+    widest = sum(int(varint_len(c).max()) + 1 for c in columns) if n else 0
+    everywhere = np.ones(n, dtype=bool)
+    rows = _Rows(n, 4 + 2 * 11 + ids.shape[1] + tickers.shape[1] + widest)
+    rows.at = 4  # the length prefix, below
+    rows.bytes_field(0x0A, ids, id_lengths)
+    rows.bytes_field(0x12, tickers, ticker_lengths)
+    rows.byte(0x1A, everywhere)  # time: always set
+    rows.varint(ts_len, varint_len(ts_len), everywhere)
+    rows.field(0x08, seconds)
+    rows.field(0x10, nanos)
+    rows.field(0x20, yes_price_micros)
+    rows.field(0x28, no_price_micros)
+    rows.field(0x30, count_centi)
+    rows.field(0x38, taker_side)
+    rows.field(0x40, ingest_seq)
+    used = rows.used[:, : rows.at]
+    block = rows.block[:, : rows.at]
+    block[:, :4] = used.sum(axis=1).astype("<u4").view(np.uint8).reshape(n, 4)
+    used[:, :4] = True
+    return block[used]
