@@ -88,6 +88,10 @@ pub enum Error {
     /// The gRPC server could not be built or stopped serving with an error.
     #[error("grpc server: {0}")]
     Serve(String),
+    /// An Arrow array or IPC message could not be made (LAYOUT_ARROW): a bug, since the server builds every
+    /// column itself.
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow_schema::ArrowError),
     /// A task of the server panicked (a bug); caught where the task is awaited, so that its request fails
     /// instead of ending as if complete.
     #[error("panic: {0}")]
@@ -235,6 +239,7 @@ impl From<Error> for Status {
             | Error::Serve(_)
             | Error::Bench(_)
             | Error::Panic(_)
+            | Error::Arrow(_)
             | Error::Io { .. } => {
                 tracing::error!(error = %e, "internal error");
                 Status::internal("internal error")
@@ -275,6 +280,7 @@ mod tests {
             (Error::PrivatePostgres(PgError::NoBinaries), Code::Internal, None),
             (Error::Malformed("secret bytes".into()), Code::Internal, None),
             (Error::Panic("secret invariant".into()), Code::Internal, None),
+            (Error::Arrow(arrow_schema::ArrowError::InvalidArgumentError("secret".into())), Code::Internal, None),
             (Error::DeadlineExceeded, Code::DeadlineExceeded, Some("resume_token")),
             (Error::StreamIdle(std::time::Duration::from_secs(60)), Code::Unavailable, Some("--stream-idle-timeout")),
             (Error::ShuttingDown, Code::Unavailable, Some("shutting down")),

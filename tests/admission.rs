@@ -137,10 +137,10 @@ async fn a_stream_whose_client_reads_nothing_is_ended_and_frees_its_connections(
     let database = app.db.name.clone();
     let admitted = loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        if active_copies(&admin, &database).await == 0 {
-            if let Ok(next) = stalled(app.channel().await, &series).await {
-                break next;
-            }
+        if active_copies(&admin, &database).await == 0
+            && let Ok(next) = stalled(app.channel().await, &series).await
+        {
+            break next;
         }
         assert!(started.elapsed() < idle * 8, "the stalled stream still holds its place");
     };

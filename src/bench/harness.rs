@@ -200,7 +200,7 @@ pub(super) enum Drained {
 pub(super) async fn drain<M>(
     rpc: &str,
     answer: impl Future<Output = Result<Response<Streaming<M>>, Status>>,
-    items: impl Fn(M) -> Drained,
+    mut items: impl FnMut(M) -> Drained,
 ) -> Result<(u64, f64), Error> {
     let failed = |e: Status| Error::Bench(format!("{rpc}: {} {}", e.code(), e.message()));
     let started = Instant::now();

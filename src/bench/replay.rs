@@ -3,11 +3,15 @@
 //! The server runs as a child process (`serve`) so that its peak RSS is its own. Each run measures, in turn:
 //! B, psql `COPY (<the stream's SELECT>) TO STDOUT (FORMAT binary)` to /dev/null, under the stream's planner
 //! settings; A, StreamTrades over the whole range and every market to a tonic client that decodes every trade,
-//! in the rows and in the columns layout; and both again for the busiest market alone. The report gives medians
-//! of the runs and the ratios A/B of trades per second.
+//! in the rows, columns and Arrow layouts (Arrow decoded by arrow-ipc's stream decoder, as a client would); and
+//! COPY, rows and Arrow again for the busiest market alone. The report gives medians of the runs and the ratios
+//! A/B of trades per second.
 
 use std::path::PathBuf;
 
+use arrow_array::{Array, Int64Array};
+use arrow_buffer::Buffer;
+use arrow_ipc::reader::StreamDecoder;
 use tonic::transport::Channel;
 
 use super::harness::{Dataset, Drained, dataset, drain, median, psql_copy, with_database, with_server};
@@ -32,8 +36,10 @@ struct Run {
     copy: (u64, f64),
     rows: (u64, f64),
     columns: (u64, f64),
+    arrow: (u64, f64),
     hot_copy: (u64, f64),
     hot_rows: (u64, f64),
+    hot_arrow: (u64, f64),
 }
 
 async fn measure(db: &Database, args: &BenchReplayArgs) -> Result<Report, Error> {
@@ -63,14 +69,18 @@ async fn measure(db: &Database, args: &BenchReplayArgs) -> Result<Report, Error>
                 copy: copy(&psql, &url, &all_sql, PLAN_SETTINGS).await?,
                 rows: stream(client.clone(), request(Layout::Rows, series.clone(), Vec::new())).await?,
                 columns: stream(client.clone(), request(Layout::Columns, series.clone(), Vec::new())).await?,
+                arrow: stream(client.clone(), request(Layout::Arrow, series.clone(), Vec::new())).await?,
                 hot_copy: copy(&psql, &url, &hot_sql, &hot_settings).await?,
                 hot_rows: stream(client.clone(), request(Layout::Rows, Vec::new(), vec![hot.clone()])).await?,
+                hot_arrow: stream(client.clone(), request(Layout::Arrow, Vec::new(), vec![hot.clone()])).await?,
             };
             tracing::info!(run, ?measured, "measured");
-            if measured.rows.0 != measured.copy.0 || measured.columns.0 != measured.copy.0 {
+            let all = [measured.rows.0, measured.columns.0, measured.arrow.0];
+            let hot = [measured.hot_rows.0, measured.hot_arrow.0];
+            if all.iter().any(|&n| n != measured.copy.0) || hot.iter().any(|&n| n != measured.hot_copy.0) {
                 return Err(Error::Bench(format!(
-                    "the stream carried {} / {} trades, COPY {}",
-                    measured.rows.0, measured.columns.0, measured.copy.0
+                    "the streams carried {all:?} trades, COPY {}; for the hot market {hot:?}, COPY {}",
+                    measured.copy.0, measured.hot_copy.0
                 )));
             }
             runs.push(measured);
@@ -86,9 +96,12 @@ async fn copy(psql: &PathBuf, url: &str, select: &str, settings: &str) -> Result
     psql_copy(psql, url, select, settings, true).await
 }
 
-/// StreamTrades to the end, decoding and touching every trade: (trades, seconds).
+/// StreamTrades to the end, decoding and touching every trade: (trades, seconds). An Arrow stream goes through
+/// arrow-ipc's decoder message by message, which checks every buffer and validates the arrays, as a client's
+/// reader does.
 async fn stream(mut client: ReplayServiceClient<Channel>, request: StreamTradesRequest) -> Result<(u64, f64), Error> {
-    drain("StreamTrades", client.stream_trades(request), |message| match message.payload {
+    let mut decoder = StreamDecoder::new();
+    drain("StreamTrades", client.stream_trades(request), move |message| match message.payload {
         Some(Payload::Trades(batch)) => {
             let sum = batch.trades.iter().fold(0i64, |s, t| s.wrapping_add(t.yes_price_micros ^ t.count_centi));
             Drained::Items(batch.trades.len() as u64, sum)
@@ -97,10 +110,39 @@ async fn stream(mut client: ReplayServiceClient<Channel>, request: StreamTradesR
             let values = columns.yes_price_micros.iter().zip(&columns.count_centi);
             Drained::Items(columns.yes_price_micros.len() as u64, values.fold(0i64, |s, (p, c)| s.wrapping_add(p ^ c)))
         }
+        Some(Payload::Arrow(arrow)) => arrow_items(&mut decoder, arrow.ipc),
         Some(Payload::Summary(s)) => Drained::Summary(s),
-        Some(Payload::Arrow(_)) | None => Drained::Nothing,
+        None => Drained::Nothing,
     })
     .await
+}
+
+/// The trades of one Arrow data message: its IPC messages decoded (the schema and dictionaries kept for the
+/// next), every yes_price_micros and count_centi touched. A message that does not decode to one batch of trades
+/// counts nothing, so that the count check against the summary fails.
+fn arrow_items(decoder: &mut StreamDecoder, ipc: Vec<u8>) -> Drained {
+    let mut buffer = Buffer::from(ipc);
+    let mut batches = Vec::new();
+    while !buffer.is_empty() {
+        match decoder.decode(&mut buffer) {
+            Ok(Some(batch)) => batches.push(batch),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "arrow message");
+                return Drained::Nothing;
+            }
+        }
+    }
+    let (mut count, mut sum) = (0u64, 0i64);
+    for batch in batches {
+        let column = |name: &str| batch.column_by_name(name).and_then(|c| c.as_any().downcast_ref::<Int64Array>());
+        let (Some(yes), Some(counts)) = (column("yes_price_micros"), column("count_centi")) else {
+            return Drained::Nothing;
+        };
+        count += yes.len() as u64;
+        sum = yes.values().iter().zip(counts.values()).fold(sum, |s, (p, c)| s.wrapping_add(p ^ c));
+    }
+    Drained::Items(count, sum)
 }
 
 #[derive(Debug)]
@@ -117,38 +159,44 @@ fn median_rate(runs: &[Run], case: impl Fn(&Run) -> (u64, f64)) -> f64 {
 }
 
 impl Report {
-    fn rates(&self) -> [(&'static str, f64, u64); 5] {
+    fn rates(&self) -> [(&'static str, f64, u64); 7] {
         let r = &self.runs;
         let n = |case: fn(&Run) -> (u64, f64)| r.first().map(|run| case(run).0).unwrap_or(0);
         [
             ("B: psql COPY binary, all", median_rate(r, |x| x.copy), n(|x| x.copy)),
             ("A: StreamTrades rows, all", median_rate(r, |x| x.rows), n(|x| x.rows)),
             ("A: StreamTrades columns, all", median_rate(r, |x| x.columns), n(|x| x.columns)),
+            ("A: StreamTrades arrow, all", median_rate(r, |x| x.arrow), n(|x| x.arrow)),
             ("B: psql COPY binary, hot market", median_rate(r, |x| x.hot_copy), n(|x| x.hot_copy)),
             ("A: StreamTrades rows, hot market", median_rate(r, |x| x.hot_rows), n(|x| x.hot_rows)),
+            ("A: StreamTrades arrow, hot market", median_rate(r, |x| x.hot_arrow), n(|x| x.hot_arrow)),
         ]
     }
 
     fn print(&self, json: bool) {
         let rates = self.rates();
         let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
-        let (rows, columns, hot) =
-            (ratio(rates[1].1, rates[0].1), ratio(rates[2].1, rates[0].1), ratio(rates[4].1, rates[3].1));
+        let (rows, columns, arrow) =
+            (ratio(rates[1].1, rates[0].1), ratio(rates[2].1, rates[0].1), ratio(rates[3].1, rates[0].1));
+        let (hot, hot_arrow) = (ratio(rates[5].1, rates[4].1), ratio(rates[6].1, rates[4].1));
         let rss_mb = self.peak_rss_kib.map(|k| k as f64 / 1024.0);
         if json {
             println!(
-                "{{\"ratio_rows\": {rows:.3}, \"ratio_columns\": {columns:.3}, \"ratio_hot_rows\": {hot:.3}, \
+                "{{\"ratio_rows\": {rows:.3}, \"ratio_columns\": {columns:.3}, \"ratio_arrow\": {arrow:.3}, \
+                 \"ratio_hot_rows\": {hot:.3}, \"ratio_hot_arrow\": {hot_arrow:.3}, \
                  \"trades\": {}, \"hot_market_trades\": {}, \"copy_trades_per_sec\": {:.0}, \
-                 \"rows_trades_per_sec\": {:.0}, \"columns_trades_per_sec\": {:.0}, \
+                 \"rows_trades_per_sec\": {:.0}, \"columns_trades_per_sec\": {:.0}, \"arrow_trades_per_sec\": {:.0}, \
                  \"hot_copy_trades_per_sec\": {:.0}, \"hot_rows_trades_per_sec\": {:.0}, \
-                 \"server_peak_rss_mb\": {}, \"runs\": {}, \"batch_size\": {}}}",
+                 \"hot_arrow_trades_per_sec\": {:.0}, \"server_peak_rss_mb\": {}, \"runs\": {}, \"batch_size\": {}}}",
                 rates[0].2,
-                rates[3].2,
+                rates[4].2,
                 rates[0].1,
                 rates[1].1,
                 rates[2].1,
                 rates[3].1,
                 rates[4].1,
+                rates[5].1,
+                rates[6].1,
                 rss_mb.map_or("null".to_owned(), |m| format!("{m:.1}")),
                 self.runs.len(),
                 self.batch_size,
@@ -162,7 +210,8 @@ impl Report {
         }
         println!("ratio rows A/B:       {rows:.2} x   (goal 1.0 x or better)");
         println!("ratio columns A/B:    {columns:.2} x   (goal 1.3 x or better)");
-        println!("ratio hot market A/B: {hot:.2} x   ({})", self.hot);
+        println!("ratio arrow A/B:      {arrow:.2} x   (goal 1.3 x or better)");
+        println!("ratio hot market A/B: rows {hot:.2} x, arrow {hot_arrow:.2} x   ({})", self.hot);
         match rss_mb {
             Some(mb) => println!("server peak RSS:      {mb:.1} MB (goal under 100 MB)"),
             None => println!("server peak RSS:      unknown"),

@@ -5,7 +5,12 @@
 //! need from before that point is read first, in one statement over the same snapshot.
 //! The candles themselves are folded by [`ohlcv`](super::ohlcv).
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
+
+use arrow_array::{
+    ArrayRef, RecordBatch,
+    builder::{BooleanBuilder, Int64Builder},
+};
 
 use chrono::{DateTime, Utc};
 use prost::Message;
@@ -14,7 +19,8 @@ use tonic::Status;
 
 use super::{
     aggregates::{self, Level, Piece},
-    ohlcv::{Aggregator, Interval, MarketState, Part},
+    arrow::{self, IpcStream, TickerDictionary},
+    ohlcv::{Aggregator, Candle, Interval, MarketState, Part},
     request::{Position, Resume, StreamSpec},
     runner::{self, Abort, StreamBody},
     snapshot::{OrderedCopy, Snapshot},
@@ -23,7 +29,8 @@ use super::{
 use crate::{
     error::Error,
     proto::{
-        self, CandleBatch, FillPolicy, StreamCandlesRequest, StreamCandlesResponse, stream_candles_response::Payload,
+        self, ArrowBatch, CandleBatch, FillPolicy, Layout, StreamCandlesRequest, StreamCandlesResponse,
+        stream_candles_response::Payload,
     },
     store::copy,
     token::Kind,
@@ -35,9 +42,16 @@ pub(crate) struct CandleStream {
     spec: StreamSpec,
     interval: Interval,
     fill: FillPolicy,
+    /// LAYOUT_ROWS or LAYOUT_ARROW.
+    layout: Layout,
 }
 
-stream_request!(StreamCandlesRequest, |request| Self { resume_token: String::new(), batch_size: 0, ..request.clone() });
+stream_request!(StreamCandlesRequest, |request| Self {
+    resume_token: String::new(),
+    batch_size: 0,
+    layout: 0,
+    ..request.clone()
+});
 
 /// Per selected market ($3, or every market when NULL): its close time and its last trade before $1 (at or below
 /// the watermark $2 when set): what fill and `previous` need from before the trades the stream reads. A market
@@ -76,7 +90,23 @@ impl StreamBody for CandleStream {
                 ));
             }
         };
-        Ok(Self { spec, interval, fill })
+        let layout = match Layout::try_from(request.layout) {
+            Ok(Layout::Unspecified | Layout::Rows) => Layout::Rows,
+            Ok(Layout::Arrow) => Layout::Arrow,
+            Ok(Layout::Columns) => {
+                return Err(Error::invalid(
+                    "layout",
+                    "LAYOUT_COLUMNS (2) is for StreamTrades only; allowed: 0 (rows), LAYOUT_ROWS (1), LAYOUT_ARROW (3)",
+                ));
+            }
+            Err(_) => {
+                return Err(Error::invalid(
+                    "layout",
+                    format!("unknown value {}; allowed: 0 (rows), LAYOUT_ROWS (1), LAYOUT_ARROW (3)", request.layout),
+                ));
+            }
+        };
+        Ok(Self { spec, interval, fill, layout })
     }
 
     fn spec(&self) -> &StreamSpec {
@@ -122,7 +152,7 @@ impl StreamBody for CandleStream {
         let (sources, segments) = segments(from, end, self.interval, snapshot.markets.as_deref(), watermark);
         let bound = sql::Bound { markets: snapshot.markets.clone(), after: None };
         let mut copies = OrderedCopy::start(snapshot, segments, &bound).await?;
-        let mut out = CandleBatcher { batch: Vec::with_capacity(*batch), size: *batch, encoded: Vec::new() };
+        let mut out = CandleBatcher::new(self.layout, *batch)?;
         for source in sources {
             let Some(mut blocks) = copies.next_segment().await? else { break };
             let mut reader = copy::Reader::default();
@@ -157,8 +187,8 @@ impl StreamBody for CandleStream {
         }
         aggregator.finish();
         out.send_ready(&mut aggregator, after.as_ref(), &mut position, resume, tx).await?;
-        if !out.batch.is_empty() {
-            runner::send(tx, out.take(&position, resume)).await?;
+        if out.len > 0 {
+            runner::send(tx, out.take(&position, resume)?).await?;
         }
         let summary = runner::summary(position.count, &position.hash, snapshot.watermark);
         let message = StreamCandlesResponse { payload: Some(Payload::Summary(summary)), resume_token: String::new() };
@@ -207,14 +237,24 @@ fn segments(
     (sources, segments)
 }
 
-/// Candles on their way out: the batch being filled.
+/// Candles on their way out: the batch being filled, in the request's layout.
 struct CandleBatcher {
+    /// The rows layout's batch.
     batch: Vec<proto::Candle>,
+    /// The Arrow layout's columns and IPC stream.
+    arrow: Option<CandleArrays>,
+    len: usize,
     size: usize,
     encoded: Vec<u8>,
 }
 
 impl CandleBatcher {
+    fn new(layout: Layout, size: usize) -> Result<Self, Error> {
+        let arrow = if layout == Layout::Arrow { Some(CandleArrays::new(size)?) } else { None };
+        let batch = if arrow.is_none() { Vec::with_capacity(size) } else { Vec::new() };
+        Ok(Self { batch, arrow, len: 0, size, encoded: Vec::new() })
+    }
+
     /// Moves the aggregator's finished candles into batches, skipping those a resumed stream delivered before,
     /// and sends every full batch. Called after every push: the aggregator makes the filled candles of a gap as
     /// they are taken here, so a gap of any length costs one batch of memory, and waiting on the channel is what
@@ -240,20 +280,110 @@ impl CandleBatcher {
             position.hash.item(&self.encoded);
             position.count += 1;
             encode_key(candle.period_start, &candle.ticker, &mut position.key);
-            self.batch.push(message);
-            if self.batch.len() == self.size {
-                runner::send(tx, self.take(position, resume)).await?;
+            match &mut self.arrow {
+                Some(arrow) => arrow.push(&candle),
+                None => self.batch.push(message),
+            }
+            self.len += 1;
+            if self.len == self.size {
+                runner::send(tx, self.take(position, resume)?).await?;
             }
         }
         Ok(())
     }
 
-    fn take(&mut self, position: &Position, resume: &Resume) -> StreamCandlesResponse {
-        let candles = std::mem::replace(&mut self.batch, Vec::with_capacity(self.size));
-        StreamCandlesResponse {
-            payload: Some(Payload::Candles(CandleBatch { candles })),
+    fn take(&mut self, position: &Position, resume: &Resume) -> Result<StreamCandlesResponse, Error> {
+        self.len = 0;
+        let payload = match &mut self.arrow {
+            Some(arrow) => Payload::Arrow(ArrowBatch { ipc: arrow.take()? }),
+            None => Payload::Candles(CandleBatch {
+                candles: std::mem::replace(&mut self.batch, Vec::with_capacity(self.size)),
+            }),
+        };
+        Ok(StreamCandlesResponse {
+            payload: Some(payload),
             resume_token: position.token(Kind::Candles, &resume.binding),
-        }
+        })
+    }
+}
+
+/// The columns of an Arrow record batch of candles being filled (LAYOUT_ARROW), in [`arrow::CANDLE_SCHEMA`]'s
+/// order, and the call's IPC stream.
+#[derive(Debug)]
+struct CandleArrays {
+    period_start: Vec<i64>,
+    period_end: Vec<i64>,
+    market: Vec<i32>,
+    open: Vec<i64>,
+    high: Vec<i64>,
+    low: Vec<i64>,
+    close: Vec<i64>,
+    volume: Vec<i64>,
+    trades: Vec<i64>,
+    vwap: Vec<i64>,
+    previous: Int64Builder,
+    empty: BooleanBuilder,
+    partial: BooleanBuilder,
+    tickers: TickerDictionary,
+    ipc: IpcStream,
+}
+
+impl CandleArrays {
+    fn new(capacity: usize) -> Result<Self, Error> {
+        Ok(Self {
+            period_start: Vec::with_capacity(capacity),
+            period_end: Vec::with_capacity(capacity),
+            market: Vec::with_capacity(capacity),
+            open: Vec::with_capacity(capacity),
+            high: Vec::with_capacity(capacity),
+            low: Vec::with_capacity(capacity),
+            close: Vec::with_capacity(capacity),
+            volume: Vec::with_capacity(capacity),
+            trades: Vec::with_capacity(capacity),
+            vwap: Vec::with_capacity(capacity),
+            previous: Int64Builder::with_capacity(capacity),
+            empty: BooleanBuilder::with_capacity(capacity),
+            partial: BooleanBuilder::with_capacity(capacity),
+            tickers: TickerDictionary::default(),
+            ipc: IpcStream::new(&arrow::CANDLE_SCHEMA)?,
+        })
+    }
+
+    fn push(&mut self, candle: &Candle) {
+        self.period_start.push(candle.period_start);
+        self.period_end.push(candle.period_end);
+        self.market.push(self.tickers.key(&candle.ticker));
+        self.open.push(candle.open);
+        self.high.push(candle.high);
+        self.low.push(candle.low);
+        self.close.push(candle.close);
+        self.volume.push(candle.volume);
+        self.trades.push(candle.trades);
+        self.vwap.push(candle.vwap);
+        self.previous.append_option(candle.previous);
+        self.empty.append_value(candle.empty);
+        self.partial.append_value(candle.partial);
+    }
+
+    /// The IPC messages of the candles pushed since the last call; the columns start over.
+    fn take(&mut self) -> Result<Vec<u8>, Error> {
+        let columns: Vec<ArrayRef> = vec![
+            arrow::timestamp_column(&mut self.period_start),
+            arrow::timestamp_column(&mut self.period_end),
+            self.tickers.column(&mut self.market)?,
+            arrow::int64_column(&mut self.open),
+            arrow::int64_column(&mut self.high),
+            arrow::int64_column(&mut self.low),
+            arrow::int64_column(&mut self.close),
+            arrow::int64_column(&mut self.volume),
+            arrow::int64_column(&mut self.trades),
+            arrow::int64_column(&mut self.vwap),
+            Arc::new(self.previous.finish()),
+            Arc::new(self.empty.finish()),
+            Arc::new(self.partial.finish()),
+        ];
+        let batch = RecordBatch::try_new(arrow::CANDLE_SCHEMA.clone(), columns)?;
+        self.ipc.encode(&batch)
     }
 }
 

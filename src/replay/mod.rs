@@ -14,6 +14,7 @@
 //!   each stream implements.
 //! - [`sql`]: literals, the market filter and the day segments of the COPY statements.
 //! - [`hash`]: the streams' content hash.
+//! - [`arrow`]: LAYOUT_ARROW's schemas, market-ticker dictionary and IPC stream writer, shared by the bodies.
 //! - the stream bodies: [`trades`] (StreamTrades) and [`candles`] (StreamCandles), which folds trades with
 //!   [`ohlcv`] and reads the write-time [`aggregates`].
 
@@ -21,6 +22,7 @@
 pub mod request;
 
 pub mod aggregates;
+pub mod arrow;
 pub mod candles;
 pub mod hash;
 pub mod ohlcv;

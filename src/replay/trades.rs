@@ -5,13 +5,16 @@
 //! (ticker, ts, trade_id) index) and never sorts. Binary COPY costs the database the least per row and hands
 //! each row over as one buffer, which [`copy::Reader`](crate::store::copy::Reader) splits without a per-row allocation.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
+
+use arrow_array::{ArrayRef, Int8Array, RecordBatch, builder::StringBuilder};
 
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use tonic::Status;
 
 use super::{
+    arrow::{self, IpcStream, TickerDictionary},
     request::{Position, StreamSpec},
     runner::{self, Abort, StreamBody},
     snapshot::{OrderedCopy, Snapshot},
@@ -20,7 +23,7 @@ use super::{
 use crate::{
     error::Error,
     proto::{
-        Layout, StreamTradesRequest, StreamTradesResponse, Trade, TradeBatch, TradeColumns,
+        ArrowBatch, Layout, StreamTradesRequest, StreamTradesResponse, Trade, TradeBatch, TradeColumns,
         stream_trades_response::Payload,
     },
     store::copy,
@@ -65,11 +68,14 @@ impl StreamBody for TradeStream {
         let layout = match Layout::try_from(request.layout) {
             Ok(Layout::Unspecified | Layout::Rows) => Layout::Rows,
             Ok(Layout::Columns) => Layout::Columns,
-            // Served from the next commits on; refused until then rather than answered in another layout.
-            Ok(Layout::Arrow) | Err(_) => {
+            Ok(Layout::Arrow) => Layout::Arrow,
+            Err(_) => {
                 return Err(Error::invalid(
                     "layout",
-                    format!("unknown value {}; allowed: 0 (rows), LAYOUT_ROWS (1), LAYOUT_COLUMNS (2)", request.layout),
+                    format!(
+                        "unknown value {}; allowed: 0 (rows), LAYOUT_ROWS (1), LAYOUT_COLUMNS (2), LAYOUT_ARROW (3)",
+                        request.layout
+                    ),
                 ));
             }
         };
@@ -107,7 +113,7 @@ impl StreamBody for TradeStream {
             after: after.map(|(_, ticker, trade_id)| (ticker, trade_id)),
         };
         let mut copies = OrderedCopy::start(snapshot, segments, &bound).await?;
-        let mut batch = TradeBatcher::new(self.layout, batch_size);
+        let mut batch = TradeBatcher::new(self.layout, batch_size)?;
         let mut encoded = Vec::with_capacity(128);
         while let Some(mut blocks) = copies.next_segment().await? {
             let mut reader = copy::Reader::default();
@@ -124,7 +130,7 @@ impl StreamBody for TradeStream {
                         encode_key(&trade, &mut position.key);
                         reader.consume(&tuple);
                         if batch.len == batch_size {
-                            let message = batch.take(&position, &resume.binding);
+                            let message = batch.take(&position, &resume.binding)?;
                             runner::send(tx, message).await?;
                         }
                     }
@@ -133,7 +139,7 @@ impl StreamBody for TradeStream {
             reader.finish()?;
         }
         if batch.len > 0 {
-            let message = batch.take(&position, &resume.binding);
+            let message = batch.take(&position, &resume.binding)?;
             runner::send(tx, message).await?;
         }
         let summary = runner::summary(position.count, &position.hash, snapshot.watermark);
@@ -335,6 +341,75 @@ fn string_field(out: &mut Vec<u8>, tag: u8, value: &str) {
     out.extend_from_slice(value.as_bytes());
 }
 
+/// The columns of an Arrow record batch being filled (LAYOUT_ARROW), in [`arrow::TRADE_SCHEMA`]'s order, and the
+/// call's IPC stream.
+#[derive(Debug)]
+struct TradeArrays {
+    time: Vec<i64>,
+    market: Vec<i32>,
+    trade_id: StringBuilder,
+    yes_price_micros: Vec<i64>,
+    no_price_micros: Vec<i64>,
+    count_centi: Vec<i64>,
+    taker_side: Vec<i8>,
+    ingest_seq: Vec<i64>,
+    tickers: TickerDictionary,
+    ipc: IpcStream,
+    /// Bytes of trade ids the next batch reserves: the largest batch's so far.
+    id_bytes: usize,
+}
+
+impl TradeArrays {
+    fn new(capacity: usize) -> Result<Self, Error> {
+        // trade ids are UUIDs (36 bytes) as Kalshi makes them; a batch of longer ones grows the buffer once
+        let id_bytes = capacity * 36;
+        Ok(Self {
+            time: Vec::with_capacity(capacity),
+            market: Vec::with_capacity(capacity),
+            trade_id: StringBuilder::with_capacity(capacity, id_bytes),
+            yes_price_micros: Vec::with_capacity(capacity),
+            no_price_micros: Vec::with_capacity(capacity),
+            count_centi: Vec::with_capacity(capacity),
+            taker_side: Vec::with_capacity(capacity),
+            ingest_seq: Vec::with_capacity(capacity),
+            tickers: TickerDictionary::default(),
+            ipc: IpcStream::new(&arrow::TRADE_SCHEMA)?,
+            id_bytes,
+        })
+    }
+
+    fn push(&mut self, trade: &CopiedTrade<'_>) {
+        self.time.push(trade.micros);
+        self.market.push(self.tickers.key(trade.ticker));
+        self.trade_id.append_value(trade.trade_id);
+        self.yes_price_micros.push(trade.yes_price_micros);
+        self.no_price_micros.push(ONE_DOLLAR - trade.yes_price_micros);
+        self.count_centi.push(trade.count_centi);
+        // the column stores 1 (YES) and 2 (NO), as the table does
+        self.taker_side.push(trade.taker_side as i8);
+        self.ingest_seq.push(trade.ingest_seq);
+    }
+
+    /// The IPC messages of the trades pushed since the last call; the columns start over.
+    fn take(&mut self) -> Result<Vec<u8>, Error> {
+        self.id_bytes = self.id_bytes.max(self.trade_id.values_slice().len());
+        let capacity = self.time.capacity();
+        let mut trade_id = std::mem::replace(&mut self.trade_id, StringBuilder::with_capacity(capacity, self.id_bytes));
+        let columns: Vec<ArrayRef> = vec![
+            arrow::timestamp_column(&mut self.time),
+            self.tickers.column(&mut self.market)?,
+            Arc::new(trade_id.finish()),
+            arrow::int64_column(&mut self.yes_price_micros),
+            arrow::int64_column(&mut self.no_price_micros),
+            arrow::int64_column(&mut self.count_centi),
+            Arc::new(Int8Array::new(arrow::take(&mut self.taker_side).into(), None)),
+            arrow::int64_column(&mut self.ingest_seq),
+        ];
+        let batch = RecordBatch::try_new(arrow::TRADE_SCHEMA.clone(), columns)?;
+        self.ipc.encode(&batch)
+    }
+}
+
 /// The data message being filled, in the request's layout.
 struct TradeBatcher {
     layout: Layout,
@@ -343,25 +418,32 @@ struct TradeBatcher {
     columns: ColumnBuffers,
     /// The stream's dictionary of market tickers (columns layout).
     dictionary: HashMap<String, u32>,
+    /// The Arrow layout's columns and IPC stream.
+    arrow: Option<TradeArrays>,
     len: usize,
     capacity: usize,
 }
 
 impl TradeBatcher {
-    fn new(layout: Layout, capacity: usize) -> Self {
-        Self {
+    fn new(layout: Layout, capacity: usize) -> Result<Self, Error> {
+        Ok(Self {
             layout,
-            rows: Vec::with_capacity(capacity * 128),
+            rows: if layout == Layout::Rows { Vec::with_capacity(capacity * 128) } else { Vec::new() },
             columns: ColumnBuffers::default(),
             dictionary: HashMap::new(),
+            arrow: if layout == Layout::Arrow { Some(TradeArrays::new(capacity)?) } else { None },
             len: 0,
             capacity,
-        }
+        })
     }
 
     /// Adds a trade whose canonical encoding is `encoded`.
     fn push(&mut self, trade: &CopiedTrade<'_>, encoded: &[u8]) {
         self.len += 1;
+        if let Some(arrow) = &mut self.arrow {
+            arrow.push(trade);
+            return;
+        }
         if self.layout != Layout::Columns {
             // the repeated field `trades = 1` of TradeBatch: tag, length, the Trade's encoding
             self.rows.push(0x0a);
@@ -382,17 +464,18 @@ impl TradeBatcher {
     }
 
     /// The filled message with the token that resumes after `position`; the batch starts over.
-    fn take(&mut self, position: &Position, binding: &token::Binding) -> StreamTradesResponse {
+    fn take(&mut self, position: &Position, binding: &token::Binding) -> Result<StreamTradesResponse, Error> {
         let resume_token = position.token(Kind::Trades, binding);
         self.len = 0;
-        let payload = match self.layout {
-            Layout::Columns => Payload::Columns(TradeColumns::from_encoded(self.columns.take())),
-            _ => {
+        let payload = match (&mut self.arrow, self.layout) {
+            (Some(arrow), _) => Payload::Arrow(ArrowBatch { ipc: arrow.take()? }),
+            (None, Layout::Columns) => Payload::Columns(TradeColumns::from_encoded(self.columns.take())),
+            (None, _) => {
                 let encoded = std::mem::replace(&mut self.rows, Vec::with_capacity(self.capacity * 128));
                 Payload::Trades(TradeBatch::from_encoded(encoded))
             }
         };
-        StreamTradesResponse { payload: Some(payload), resume_token }
+        Ok(StreamTradesResponse { payload: Some(payload), resume_token })
     }
 }
 
@@ -442,7 +525,7 @@ mod tests {
     #[test]
     fn an_encoded_batch_decodes_to_its_trades() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
-        let mut batch = TradeBatcher::new(Layout::Rows, 10);
+        let mut batch = TradeBatcher::new(Layout::Rows, 10).expect("batcher");
         let mut expected = Vec::new();
         for i in 0..10 {
             let id = format!("id-{i}");
@@ -453,7 +536,7 @@ mod tests {
             expected.push(to_proto(&trade));
         }
         let position = Position { watermark: 1, count: 10, hash: ContentHash::default(), key: Vec::new() };
-        let message = batch.take(&position, &test_binding());
+        let message = batch.take(&position, &test_binding()).expect("encodes");
         let decoded = StreamTradesResponse::decode(message.encode_to_vec().as_slice()).expect("decodes");
         match decoded.payload {
             Some(Payload::Trades(batch)) => assert_eq!(batch.trades, expected),
@@ -469,7 +552,7 @@ mod tests {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
         let tickers = ["KXA", "KXB-26JAN05", "", "KXC"];
         let ids: Vec<String> = (0..40).map(|i| if i % 7 == 0 { String::new() } else { format!("id-{i}") }).collect();
-        let mut batch = TradeBatcher::new(Layout::Columns, 16);
+        let mut batch = TradeBatcher::new(Layout::Columns, 16).expect("batcher");
         let mut dictionary: Vec<String> = Vec::new();
         let position = Position { watermark: 1, count: 0, hash: ContentHash::default(), key: Vec::new() };
         for chunk in ids.chunks(16) {
@@ -494,13 +577,13 @@ mod tests {
                 expected.trade_id.push(id.clone());
                 expected.ingest_seq.push(trade.ingest_seq);
             }
-            let message = batch.take(&position, &test_binding());
+            let message = batch.take(&position, &test_binding()).expect("encodes");
             let Some(Payload::Columns(columns)) = &message.payload else { panic!("{message:?}") };
             let bytes = columns.encode_to_vec();
             assert_eq!(bytes, expected.encode_to_vec(), "the wire form of the generated message");
             assert_eq!(TradeColumns::decode(bytes.as_slice()).expect("decodes"), expected);
         }
-        let empty = batch.take(&position, &test_binding());
+        let empty = batch.take(&position, &test_binding()).expect("encodes");
         let Some(Payload::Columns(columns)) = &empty.payload else { panic!("{empty:?}") };
         assert!(columns.encode_to_vec().is_empty(), "an empty batch encodes to nothing, as prost's does");
     }

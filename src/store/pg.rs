@@ -241,10 +241,10 @@ static SHARED: tokio::sync::OnceCell<PrivatePostgres> = tokio::sync::OnceCell::c
 #[allow(unsafe_code)]
 fn stop_shared_at_exit() {
     extern "C" fn stop() {
-        if let Some(pg) = SHARED.get() {
-            if let Err(e) = pg.shutdown() {
-                tracing::warn!(error = %e, "stopping shared private postgresql");
-            }
+        if let Some(pg) = SHARED.get()
+            && let Err(e) = pg.shutdown()
+        {
+            tracing::warn!(error = %e, "stopping shared private postgresql");
         }
     }
     // SAFETY: `stop` is a plain `extern "C" fn() ` that lives for the whole program and never unwinds.
