@@ -61,9 +61,11 @@ class ReplayServiceStub:
       same bug, so report it with the request.
     - Data versions: every write of trades, order-book events or lifecycle events takes its ingest_seq values in
       commit order (writers of facts run one at a time), so a watermark stays exact however writes interleave.
-    - Resources: a stream holds one pooled database connection and one read-only transaction until it ends. Its
-      memory is a few batches whatever the range: a client that reads slowly slows the database read down. A client
-      that cancels, or whose deadline passes, stops the database query within milliseconds.
+    - Resources: a stream holds one pooled database connection, in one read-only transaction, until it ends; a range
+      over several UTC days also takes a second connection that imports the same snapshot, when the server's pool
+      has one free at once, to read the next day while the current one is sent. Its memory is a few batches
+      whatever the range: a client that reads slowly slows the database read down. A client that cancels, or whose
+      deadline passes, stops the database queries within milliseconds.
     - Admission: at most --max-streams streams run at once (default 8), and --max-streams-per-connection on one
       client connection (default 4); a stream beyond either is refused at once with RESOURCE_EXHAUSTED naming the
       flag: retry later with backoff, or spread streams over connections.
@@ -86,7 +88,7 @@ class ReplayServiceStub:
     client can check it with its own protobuf and SHA-256 libraries, whichever layout it asked for.
 
     Example: grpcurl -plaintext -d '{"series_tickers": ["KXSYNAA"], "start_time": "2026-01-05T00:00:00Z",
-      "end_time": "2026-01-06T00:00:00Z", "batch_size": 2}' localhost:50051 kalshi.replay.v1.ReplayService/StreamTrades
+      "end_time": "2026-01-05T01:00:00Z", "batch_size": 2}' localhost:50051 kalshi.replay.v1.ReplayService/StreamTrades
     """
     StreamCandles: _grpc.UnaryStreamMultiCallable[_replay_pb2.StreamCandlesRequest, _replay_pb2.StreamCandlesResponse]
     """OHLCV candles computed from trades, in the order (period start, market ticker).
@@ -104,7 +106,7 @@ class ReplayServiceStub:
     including for late trades and for a stream pinned to an earlier as_of_watermark.
 
     Example: grpcurl -plaintext -d '{"series_tickers": ["KXSYNAA"], "start_time": "2026-01-05T00:00:00Z",
-      "end_time": "2026-01-06T00:00:00Z", "interval_seconds": 3600}' localhost:50051
+      "end_time": "2026-01-05T03:00:00Z", "interval_seconds": 3600}' localhost:50051
       kalshi.replay.v1.ReplayService/StreamCandles
     """
     StreamOrderbook: _grpc.UnaryStreamMultiCallable[_replay_pb2.StreamOrderbookRequest, _replay_pb2.StreamOrderbookResponse]
@@ -152,9 +154,11 @@ class ReplayServiceAsyncStub(ReplayServiceStub):
       same bug, so report it with the request.
     - Data versions: every write of trades, order-book events or lifecycle events takes its ingest_seq values in
       commit order (writers of facts run one at a time), so a watermark stays exact however writes interleave.
-    - Resources: a stream holds one pooled database connection and one read-only transaction until it ends. Its
-      memory is a few batches whatever the range: a client that reads slowly slows the database read down. A client
-      that cancels, or whose deadline passes, stops the database query within milliseconds.
+    - Resources: a stream holds one pooled database connection, in one read-only transaction, until it ends; a range
+      over several UTC days also takes a second connection that imports the same snapshot, when the server's pool
+      has one free at once, to read the next day while the current one is sent. Its memory is a few batches
+      whatever the range: a client that reads slowly slows the database read down. A client that cancels, or whose
+      deadline passes, stops the database queries within milliseconds.
     - Admission: at most --max-streams streams run at once (default 8), and --max-streams-per-connection on one
       client connection (default 4); a stream beyond either is refused at once with RESOURCE_EXHAUSTED naming the
       flag: retry later with backoff, or spread streams over connections.
@@ -174,7 +178,7 @@ class ReplayServiceAsyncStub(ReplayServiceStub):
     client can check it with its own protobuf and SHA-256 libraries, whichever layout it asked for.
 
     Example: grpcurl -plaintext -d '{"series_tickers": ["KXSYNAA"], "start_time": "2026-01-05T00:00:00Z",
-      "end_time": "2026-01-06T00:00:00Z", "batch_size": 2}' localhost:50051 kalshi.replay.v1.ReplayService/StreamTrades
+      "end_time": "2026-01-05T01:00:00Z", "batch_size": 2}' localhost:50051 kalshi.replay.v1.ReplayService/StreamTrades
     """
     StreamCandles: _aio.UnaryStreamMultiCallable[_replay_pb2.StreamCandlesRequest, _replay_pb2.StreamCandlesResponse]  # type: ignore[assignment]
     """OHLCV candles computed from trades, in the order (period start, market ticker).
@@ -192,7 +196,7 @@ class ReplayServiceAsyncStub(ReplayServiceStub):
     including for late trades and for a stream pinned to an earlier as_of_watermark.
 
     Example: grpcurl -plaintext -d '{"series_tickers": ["KXSYNAA"], "start_time": "2026-01-05T00:00:00Z",
-      "end_time": "2026-01-06T00:00:00Z", "interval_seconds": 3600}' localhost:50051
+      "end_time": "2026-01-05T03:00:00Z", "interval_seconds": 3600}' localhost:50051
       kalshi.replay.v1.ReplayService/StreamCandles
     """
     StreamOrderbook: _aio.UnaryStreamMultiCallable[_replay_pb2.StreamOrderbookRequest, _replay_pb2.StreamOrderbookResponse]  # type: ignore[assignment]
@@ -239,9 +243,11 @@ class ReplayServiceServicer(metaclass=_abc_1.ABCMeta):
       same bug, so report it with the request.
     - Data versions: every write of trades, order-book events or lifecycle events takes its ingest_seq values in
       commit order (writers of facts run one at a time), so a watermark stays exact however writes interleave.
-    - Resources: a stream holds one pooled database connection and one read-only transaction until it ends. Its
-      memory is a few batches whatever the range: a client that reads slowly slows the database read down. A client
-      that cancels, or whose deadline passes, stops the database query within milliseconds.
+    - Resources: a stream holds one pooled database connection, in one read-only transaction, until it ends; a range
+      over several UTC days also takes a second connection that imports the same snapshot, when the server's pool
+      has one free at once, to read the next day while the current one is sent. Its memory is a few batches
+      whatever the range: a client that reads slowly slows the database read down. A client that cancels, or whose
+      deadline passes, stops the database queries within milliseconds.
     - Admission: at most --max-streams streams run at once (default 8), and --max-streams-per-connection on one
       client connection (default 4); a stream beyond either is refused at once with RESOURCE_EXHAUSTED naming the
       flag: retry later with backoff, or spread streams over connections.
@@ -265,7 +271,7 @@ class ReplayServiceServicer(metaclass=_abc_1.ABCMeta):
         client can check it with its own protobuf and SHA-256 libraries, whichever layout it asked for.
 
         Example: grpcurl -plaintext -d '{"series_tickers": ["KXSYNAA"], "start_time": "2026-01-05T00:00:00Z",
-          "end_time": "2026-01-06T00:00:00Z", "batch_size": 2}' localhost:50051 kalshi.replay.v1.ReplayService/StreamTrades
+          "end_time": "2026-01-05T01:00:00Z", "batch_size": 2}' localhost:50051 kalshi.replay.v1.ReplayService/StreamTrades
         """
 
     @_abc_1.abstractmethod
@@ -289,7 +295,7 @@ class ReplayServiceServicer(metaclass=_abc_1.ABCMeta):
         including for late trades and for a stream pinned to an earlier as_of_watermark.
 
         Example: grpcurl -plaintext -d '{"series_tickers": ["KXSYNAA"], "start_time": "2026-01-05T00:00:00Z",
-          "end_time": "2026-01-06T00:00:00Z", "interval_seconds": 3600}' localhost:50051
+          "end_time": "2026-01-05T03:00:00Z", "interval_seconds": 3600}' localhost:50051
           kalshi.replay.v1.ReplayService/StreamCandles
         """
 
