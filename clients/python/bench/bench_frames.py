@@ -47,12 +47,13 @@ from pathlib import Path
 import adbc_driver_postgresql.dbapi  # type: ignore[import-untyped]
 import connectorx
 import grpc
-import kalshi_replay
 import numpy as np
 import pandas as pd
 import polars as pl
 import psycopg
 from google.protobuf.timestamp_pb2 import Timestamp
+
+import kalshi_replay
 from kalshi_replay._proto.kalshi.replay.v1 import replay_pb2, replay_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[3]

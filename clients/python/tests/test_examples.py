@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import kalshi_replay
 import pytest
+
+import kalshi_replay
 
 REPO = Path(__file__).resolve().parents[3]
 BACKTEST = REPO / "examples" / "backtest.py"
