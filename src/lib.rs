@@ -20,7 +20,8 @@
 //!   lookups kept coherent by LISTEN/NOTIFY; [`reference::coverage`], GetCoverage from the per-day counts.
 //! - [`replay`] — ReplayService: the handlers over the replay contract ([`replay::request`] fields and resume
 //!   positions, [`replay::snapshot`] transaction and ordered COPY, [`replay::runner`] admission, channel,
-//!   cancellation, idle and drain ends, [`replay::sql`] bound values, [`replay::hash`]) and one module per stream body: [`replay::trades`],
+//!   cancellation, idle and drain ends, [`replay::sql`] bound values, [`replay::hash`], [`replay::arrow`] the
+//!   Arrow schemas and IPC stream of LAYOUT_ARROW) and one module per stream body: [`replay::trades`],
 //!   [`replay::candles`] (folded by [`replay::ohlcv`], read from the write-time [`replay::aggregates`]).
 //! - [`ingest`] — IngestService over the write core: [`ingest::validate`] every item into its table's row,
 //!   [`ingest::tables`] (columns, keys, the generated SQL), [`ingest::write`] (staging by binary COPY, one

@@ -7,12 +7,12 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::DateTime;
 use common::{
-    TestApp, active_copies, all_markets, expected_hash, rss_kib, serve_binary, summary_of, wait_until_no_copy,
+    TestApp, active_copies, all_markets, candles_of, expected_hash, rss_kib, serve_binary, summary_of,
+    wait_until_no_copy,
 };
 use kalshi_replay::proto::{
-    Candle, FillPolicy, StreamCandlesRequest, StreamCandlesResponse, StreamTradesRequest, Trade,
-    replay_service_client::ReplayServiceClient, stream_candles_response::Payload,
-    stream_trades_response::Payload as TradePayload,
+    Candle, FillPolicy, Layout, StreamCandlesRequest, StreamCandlesResponse, StreamTradesRequest, Trade,
+    replay_service_client::ReplayServiceClient, stream_trades_response::Payload as TradePayload,
 };
 use prost_types::Timestamp;
 use rand::{Rng, SeedableRng};
@@ -51,16 +51,6 @@ async fn messages(
     request: StreamCandlesRequest,
 ) -> Result<Vec<StreamCandlesResponse>, tonic::Status> {
     common::collect(client.stream_candles(request).await?.into_inner()).await
-}
-
-fn candles_of(messages: &[StreamCandlesResponse]) -> Vec<Candle> {
-    let mut out = Vec::new();
-    for message in messages {
-        if let Some(Payload::Candles(batch)) = &message.payload {
-            out.extend(batch.candles.iter().cloned());
-        }
-    }
-    out
 }
 
 /// The trades of the same selection and range, from StreamTrades.
@@ -214,7 +204,9 @@ async fn candles_equal_what_the_same_requests_trades_imply() {
         let end = start + length * MICROS + rng.random_range(0..MICROS);
         let chosen: Vec<String> = markets.iter().filter(|_| rng.random_bool(0.5)).cloned().collect();
         let chosen = if chosen.is_empty() { markets[..1].to_vec() } else { chosen };
-        let req = StreamCandlesRequest { batch_size: 97, ..request(&chosen, start, end, interval, fill) };
+        // either layout: the Arrow record batches carry the same candles
+        let layout = if round % 4 >= 2 { Layout::Arrow } else { Layout::Rows } as i32;
+        let req = StreamCandlesRequest { batch_size: 97, layout, ..request(&chosen, start, end, interval, fill) };
         let got = messages(&mut client, req.clone()).await.expect("candles");
         let candles = candles_of(&got);
         let trades = trades(&mut client, &req).await;
@@ -247,9 +239,10 @@ async fn the_same_request_gives_the_same_messages_resumes_exactly_and_as_of_pins
     let summary = summary_of(&first);
     assert!(first.len() > 10, "several batches: {}", first.len());
 
-    // resume after each of a few messages: the rest is exactly what the full stream sent after it
-    for cut in [1, first.len() / 2, first.len() - 2] {
-        let resumed = StreamCandlesRequest { resume_token: first[cut - 1].resume_token.clone(), ..req.clone() };
+    // resume after each of a few messages, in either layout: the rest is exactly what the full stream sent after it
+    for (cut, layout) in [(1, Layout::Arrow), (first.len() / 2, Layout::Rows), (first.len() - 2, Layout::Arrow)] {
+        let token = first[cut - 1].resume_token.clone();
+        let resumed = StreamCandlesRequest { resume_token: token, layout: layout as i32, ..req.clone() };
         let rest = messages(&mut client, resumed).await.expect("resumed");
         assert_eq!(candles_of(&rest), candles_of(&first[cut..]), "resumed after message {cut}");
         assert_eq!(summary_of(&rest), summary, "the same count and hash");
@@ -377,6 +370,9 @@ async fn every_bad_request_is_refused_with_its_field_or_names() {
         (StreamCandlesRequest { interval_seconds: 7, ..good.clone() }, "interval_seconds"),
         (StreamCandlesRequest { interval_seconds: 172_800, ..good.clone() }, "interval_seconds"),
         (StreamCandlesRequest { fill_policy: 9, ..good.clone() }, "fill_policy"),
+        (StreamCandlesRequest { layout: Layout::Columns as i32, ..good.clone() }, "layout"),
+        (StreamCandlesRequest { layout: 9, ..good.clone() }, "layout"),
+        (StreamCandlesRequest { layout: -1, ..good.clone() }, "layout"),
         (StreamCandlesRequest { batch_size: 16_385, ..good.clone() }, "batch_size"),
         (StreamCandlesRequest { start_time: None, ..good.clone() }, "start_time"),
         (StreamCandlesRequest { end_time: Some(timestamp(start)), ..good.clone() }, "end_time"),
@@ -608,7 +604,9 @@ async fn a_slow_reader_keeps_the_server_memory_flat() {
     .expect("trades");
     let (_server, pid, channel) = serve_binary(&app.db.config).await;
     let mut client = ReplayServiceClient::new(channel);
-    for (interval, unit) in [(60, "minute"), (1, "second")] {
+    for (interval, unit, layout) in
+        [(60, "minute", Layout::Rows), (1, "second", Layout::Rows), (1, "second", Layout::Arrow)]
+    {
         let expected: i64 = db
             .query_one(&format!("SELECT count(DISTINCT (date_trunc('{unit}', ts), ticker)) FROM trades"), &[])
             .await
@@ -616,23 +614,25 @@ async fn a_slow_reader_keeps_the_server_memory_flat() {
             .get(0);
         let req = StreamCandlesRequest {
             series_tickers: vec!["KXM".into()],
+            layout: layout as i32,
             ..request(&[], micros("2026-01-05T00:00:00Z"), micros("2026-01-07T00:00:00Z"), interval, FillPolicy::None)
         };
         let mut stream = client.stream_candles(req).await.expect("stream").into_inner();
+        let mut call = common::Call::default();
         let mut count = 0;
         let mut read_slowly = async |messages: usize| {
             let mut peak = 0;
             for _ in 0..messages {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                 let message = stream.message().await.expect("message").expect("data");
-                count += candles_of(&[message]).len() as i64;
+                count += call.candles(&message).len() as i64;
                 peak = peak.max(rss_kib(pid));
             }
             peak
         };
         let ramp = read_slowly(50).await;
         let flat = read_slowly(75).await;
-        eprintln!("interval {interval}: server RSS peak {} MiB, then {} MiB", ramp / 1024, flat / 1024);
+        eprintln!("interval {interval}, {layout:?}: server RSS peak {} MiB, then {} MiB", ramp / 1024, flat / 1024);
         assert!(count < expected / 4, "the client has read only part of the stream");
         let copies = active_copies(&app.db.admin().await, &app.db.name).await;
         assert!((1..=2).contains(&copies), "interval {interval}: the database read waits: {copies} COPYs");
@@ -640,7 +640,7 @@ async fn a_slow_reader_keeps_the_server_memory_flat() {
         assert!(flat < 100 * 1024, "RSS {flat} KiB");
         let mut last = None;
         while let Some(message) = stream.message().await.expect("rest") {
-            count += candles_of(std::slice::from_ref(&message)).len() as i64;
+            count += call.candles(&message).len() as i64;
             last = Some(message);
         }
         assert_eq!(count, expected, "interval {interval}: every candle");

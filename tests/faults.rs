@@ -16,7 +16,7 @@ use kalshi_replay::{
     error::Error,
     generate::{DatasetSpec, generate},
     proto::{
-        IngestTradesRequest, ListMarketsRequest, Side, StreamCandlesRequest, StreamTradesRequest, Trade,
+        IngestTradesRequest, Layout, ListMarketsRequest, Side, StreamCandlesRequest, StreamTradesRequest, Trade,
         ingest_service_client::IngestServiceClient, reference_service_client::ReferenceServiceClient,
         replay_service_client::ReplayServiceClient,
     },
@@ -287,7 +287,8 @@ async fn a_storm_of_cancelled_streams_and_writes_leaves_the_pool_whole() {
                     (0..50).map(|k| trade(&format!("storm-{i}-{k}"), &markets[0], start + i64::from(k))).collect();
                 ingest(&channel, trades, Some(deadline)).await.map(drop)
             } else if i % 2 == 0 {
-                let mut request = tonic::Request::new(all_trades(&markets));
+                let layout = [Layout::Rows, Layout::Columns, Layout::Arrow][(i as usize / 2) % 3] as i32;
+                let mut request = tonic::Request::new(StreamTradesRequest { layout, ..all_trades(&markets) });
                 request.set_timeout(deadline);
                 cut_short(ReplayServiceClient::new(channel).stream_trades(request).await, read).await
             } else {
@@ -296,6 +297,7 @@ async fn a_storm_of_cancelled_streams_and_writes_leaves_the_pool_whole() {
                     start_time: Some(ts(start)),
                     end_time: Some(ts(DATA_END)),
                     interval_seconds: 60,
+                    layout: [Layout::Rows, Layout::Arrow][(i as usize / 2) % 2] as i32,
                     ..Default::default()
                 };
                 let mut request = tonic::Request::new(candles);

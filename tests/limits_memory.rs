@@ -198,7 +198,8 @@ async fn a_fill_over_years_of_seconds_is_paced_by_the_client_and_stops_when_canc
 }
 
 /// The largest requests the limits allow: 10,000 tickers, the largest batch, a range of fifteen years, over
-/// 10,000 markets that all traded; StreamTrades in both layouts and StreamCandles filled every second, each read
+/// 10,000 markets that all traded; StreamTrades in every layout and StreamCandles filled every second in both of
+/// its layouts, each read
 /// slowly. The server's memory stays within the same fixed bound for each.
 #[tokio::test]
 async fn the_largest_allowed_requests_stay_within_a_fixed_bound() {
@@ -223,7 +224,7 @@ async fn the_largest_allowed_requests_stay_within_a_fixed_bound() {
     let mut client = ReplayServiceClient::new(channel);
     let (start, end) = (timestamp("2021-07-01T00:00:00Z"), timestamp("2036-07-01T00:00:00Z"));
 
-    for layout in [Layout::Rows, Layout::Columns] {
+    for layout in [Layout::Rows, Layout::Columns, Layout::Arrow] {
         let request = StreamTradesRequest {
             market_tickers: tickers.clone(),
             start_time: Some(start),
@@ -242,25 +243,32 @@ async fn the_largest_allowed_requests_stay_within_a_fixed_bound() {
         assert!(peak <= start_kib + GROWTH_BOUND_KIB, "StreamTrades {layout:?}: peak {peak} KiB");
     }
 
-    let request = StreamCandlesRequest {
-        market_tickers: tickers.clone(),
-        start_time: Some(start),
-        end_time: Some(end),
-        interval_seconds: 1,
-        fill_policy: FillPolicy::Previous as i32,
-        batch_size: 16_384,
-        ..Default::default()
-    };
-    let mut stream = client.stream_candles(request).await.expect("candles").into_inner();
-    let mut peak = rss_kib(pid);
-    for _ in 0..12 {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        stream.message().await.expect("message").expect("candles");
-        peak = peak.max(rss_kib(pid));
+    for layout in [Layout::Rows, Layout::Arrow] {
+        let request = StreamCandlesRequest {
+            market_tickers: tickers.clone(),
+            start_time: Some(start),
+            end_time: Some(end),
+            interval_seconds: 1,
+            fill_policy: FillPolicy::Previous as i32,
+            batch_size: 16_384,
+            layout: layout as i32,
+            ..Default::default()
+        };
+        let mut stream = client.stream_candles(request).await.expect("candles").into_inner();
+        let mut peak = rss_kib(pid);
+        for _ in 0..12 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            stream.message().await.expect("message").expect("candles");
+            peak = peak.max(rss_kib(pid));
+        }
+        eprintln!(
+            "StreamCandles {layout:?} filled, 10,000 tickers: RSS peak {} MiB (start {})",
+            peak / 1024,
+            start_kib / 1024
+        );
+        assert!(peak <= start_kib + GROWTH_BOUND_KIB, "StreamCandles {layout:?}: peak {peak} KiB");
+        drop(stream);
+        wait_until_no_copy(&db.admin().await, &db.name, Duration::from_secs(2)).await;
     }
-    eprintln!("StreamCandles filled, 10,000 tickers: RSS peak {} MiB (start {})", peak / 1024, start_kib / 1024);
-    assert!(peak <= start_kib + GROWTH_BOUND_KIB, "StreamCandles: peak {peak} KiB");
-    drop(stream);
-    wait_until_no_copy(&db.admin().await, &db.name, Duration::from_secs(2)).await;
     server.kill().await.expect("kill server");
 }

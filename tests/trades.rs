@@ -307,7 +307,7 @@ async fn a_cut_stream_resumes_with_exactly_the_remaining_trades() {
         drop(stream);
         // resume, with another batch size and layout: both may change
         let token = head.last().expect("cut").resume_token.clone();
-        let layout = if round % 2 == 0 { Layout::Columns } else { Layout::Rows } as i32;
+        let layout = [Layout::Columns, Layout::Rows, Layout::Arrow][round % 3] as i32;
         let resumed = StreamTradesRequest { resume_token: token.clone(), batch_size: 333, layout, ..req.clone() };
         let tail = messages(&mut client, resumed).await.expect("resumed");
         let mut joined = trades_of(&head);
@@ -378,15 +378,21 @@ async fn cancelled_streams_stop_their_query_and_leave_the_pool_healthy() {
     let full_time = started.elapsed();
     assert_eq!(full.item_count, 150_000);
 
-    // the client cancels after one message: the COPY is gone within a second
-    let mut stream = client.stream_trades(req.clone()).await.expect("stream").into_inner();
-    stream.message().await.expect("message").expect("data");
-    let copies = active_copies(&admin, &app.db.name).await;
-    // the stream's own connection and the helper that reads the next day ahead
-    assert!((1..=2).contains(&copies), "the read is paused by backpressure, not finished: {copies} COPYs");
-    drop(stream);
-    let gone = wait_until_no_copy(&admin, &app.db.name, Duration::from_secs(1)).await;
-    eprintln!("query gone {gone:?} after the cancel");
+    // the client cancels after one message, in any layout: the COPY is gone within a second
+    for layout in [Layout::Rows, Layout::Columns, Layout::Arrow] {
+        let req = StreamTradesRequest { layout: layout as i32, ..req.clone() };
+        let mut stream = client.stream_trades(req).await.expect("stream").into_inner();
+        stream.message().await.expect("message").expect("data");
+        let copies = active_copies(&admin, &app.db.name).await;
+        // the stream's own connection and the helper that reads the next day ahead
+        assert!(
+            (1..=2).contains(&copies),
+            "{layout:?}: the read is paused by backpressure, not finished: {copies} COPYs"
+        );
+        drop(stream);
+        let gone = wait_until_no_copy(&admin, &app.db.name, Duration::from_secs(1)).await;
+        eprintln!("{layout:?}: query gone {gone:?} after the cancel");
+    }
 
     // a deadline that passes mid-stream
     let mut timed = tonic::Request::new(req.clone());
@@ -495,37 +501,48 @@ async fn a_slow_reader_keeps_the_server_memory_flat_and_pauses_the_database() {
     .expect("trades");
     let (_server, pid, channel) = serve_binary(&app.db.config).await;
     let mut client = ReplayServiceClient::new(channel);
-    let req = StreamTradesRequest {
-        series_tickers: vec!["KXM".into()],
-        start_time: Some(ts("2026-01-05T00:00:00Z")),
-        end_time: Some(ts("2026-01-07T00:00:00Z")),
-        ..Default::default()
-    };
-    let mut stream = client.stream_trades(req).await.expect("stream").into_inner();
-    let mut count = trades_of(&[stream.message().await.expect("first").expect("data")]).len() as i64;
-    // slowly, a message every 20 ms: the server's memory ramps up to its buffers (HTTP/2 windows, the channel,
-    // the allocator's pages) within the first second, then stays flat while the database read waits
-    let mut read_slowly = async |messages: usize| {
-        let mut peak = 0;
-        for _ in 0..messages {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            count += trades_of(&[stream.message().await.expect("message").expect("data")]).len() as i64;
-            peak = peak.max(rss_kib(pid));
+    for layout in [Layout::Rows, Layout::Arrow] {
+        let req = StreamTradesRequest {
+            series_tickers: vec!["KXM".into()],
+            start_time: Some(ts("2026-01-05T00:00:00Z")),
+            end_time: Some(ts("2026-01-07T00:00:00Z")),
+            layout: layout as i32,
+            ..Default::default()
+        };
+        let mut stream = client.stream_trades(req).await.expect("stream").into_inner();
+        let mut call = common::Call::default();
+        let mut count = call.trades(&stream.message().await.expect("first").expect("data")).len() as i64;
+        // slowly, a message every 20 ms: the server's memory ramps up to its buffers (HTTP/2 windows, the
+        // channel, the allocator's pages) within the first second, then stays flat while the database read waits
+        let mut read_slowly = async |messages: usize| {
+            let mut peak = 0;
+            for _ in 0..messages {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                count += call.trades(&stream.message().await.expect("message").expect("data")).len() as i64;
+                peak = peak.max(rss_kib(pid));
+            }
+            peak
+        };
+        let ramp = read_slowly(50).await;
+        let flat = read_slowly(75).await;
+        eprintln!(
+            "{layout:?}: server RSS peak {} MiB in the first second, {} MiB in the next 1.5 s",
+            ramp / 1024,
+            flat / 1024
+        );
+        assert!(count < TRADES / 4, "{layout:?}: the client has read only part of the stream");
+        let copies = active_copies(&app.db.admin().await, &app.db.name).await;
+        assert!((1..=2).contains(&copies), "{layout:?}: the database read waits, unfinished: {copies} COPYs");
+        assert!(
+            flat <= ramp + 4 * 1024,
+            "{layout:?}: RSS grew from {ramp} KiB to {flat} KiB while the client read slowly"
+        );
+        // the whole stream decoded would take far more (about 200 bytes per trade as Trade messages)
+        assert!(flat < 100 * 1024, "{layout:?}: RSS {flat} KiB");
+        while let Some(message) = stream.message().await.expect("rest") {
+            count += call.trades(&message).len() as i64;
         }
-        peak
-    };
-    let ramp = read_slowly(50).await;
-    let flat = read_slowly(75).await;
-    eprintln!("server RSS peak {} MiB in the first second, {} MiB in the next 1.5 s", ramp / 1024, flat / 1024);
-    assert!(count < TRADES / 4, "the client has read only part of the stream");
-    let copies = active_copies(&app.db.admin().await, &app.db.name).await;
-    assert!((1..=2).contains(&copies), "the database read waits, unfinished: {copies} COPYs");
-    assert!(flat <= ramp + 4 * 1024, "RSS grew from {ramp} KiB to {flat} KiB while the client read slowly");
-    // the whole stream decoded would take far more (about 200 bytes per trade as Trade messages)
-    assert!(flat < 100 * 1024, "RSS {flat} KiB");
-    while let Some(message) = stream.message().await.expect("rest") {
-        count += trades_of(&[message]).len() as i64;
+        assert_eq!(count, TRADES, "{layout:?}");
+        assert!(rss_kib(pid) / 1024 < 100, "{layout:?}: under 100 MB after the whole stream");
     }
-    assert_eq!(count, TRADES);
-    assert!(rss_kib(pid) / 1024 < 100, "under 100 MB after the whole stream");
 }

@@ -12,11 +12,17 @@ use std::{
     time::{Duration, Instant},
 };
 
+use arrow_array::{
+    Array, BooleanArray, Int8Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray, cast::AsArray,
+    types::Int32Type,
+};
+use arrow_buffer::Buffer;
+use arrow_ipc::reader::StreamDecoder;
 use kalshi_replay::{
     error::Error,
     proto::{
-        StreamCandlesResponse, StreamSummary, StreamTradesResponse, Trade, TradeColumns, stream_candles_response,
-        stream_trades_response,
+        Candle, StreamCandlesResponse, StreamSummary, StreamTradesResponse, Trade, TradeColumns,
+        stream_candles_response, stream_trades_response,
     },
     server::{self, Pools, ServerOptions},
     store::db::{self, Database},
@@ -382,18 +388,139 @@ pub fn expected_hash<M: prost::Message>(items: &[M]) -> Vec<u8> {
     hash.finalize().to_vec()
 }
 
-/// The trades of data messages in either layout (columns rebuilt into rows with the stream's dictionary).
+/// The trades of one call's data messages in any layout (see [`Call`]).
 pub fn trades_of(messages: &[StreamTradesResponse]) -> Vec<Trade> {
-    let mut dictionary: Vec<String> = Vec::new();
-    let mut out = Vec::new();
-    for message in messages {
+    let mut call = Call::default();
+    messages.iter().flat_map(|m| call.trades(m)).collect()
+}
+
+/// The candles of one call's data messages in either layout (see [`Call`]).
+pub fn candles_of(messages: &[StreamCandlesResponse]) -> Vec<Candle> {
+    let mut call = Call::default();
+    messages.iter().flat_map(|m| call.candles(m)).collect()
+}
+
+/// What a client keeps over one call to read its data messages one at a time: the dictionary of the columns
+/// layout, and the Arrow IPC stream so far (schema and dictionaries), decoded message by message with arrow-rs's
+/// StreamDecoder. A resumed call is a new call.
+#[derive(Debug, Default)]
+pub struct Call {
+    dictionary: Vec<String>,
+    decoder: StreamDecoder,
+    /// Record batches decoded, one per Arrow message.
+    pub arrow_batches: usize,
+}
+
+impl Call {
+    /// The trades of one data message in any layout; none for the summary.
+    pub fn trades(&mut self, message: &StreamTradesResponse) -> Vec<Trade> {
         match &message.payload {
-            Some(stream_trades_response::Payload::Trades(batch)) => out.extend(batch.trades.iter().cloned()),
-            Some(stream_trades_response::Payload::Columns(c)) => out.extend(rows_of_columns(c, &mut dictionary)),
-            _ => {}
+            Some(stream_trades_response::Payload::Trades(batch)) => batch.trades.clone(),
+            Some(stream_trades_response::Payload::Columns(c)) => rows_of_columns(c, &mut self.dictionary),
+            Some(stream_trades_response::Payload::Arrow(a)) => trades_of_batch(&self.arrow(&a.ipc)),
+            Some(stream_trades_response::Payload::Summary(_)) | None => Vec::new(),
         }
     }
-    out
+
+    /// The candles of one data message in either layout; none for the summary.
+    pub fn candles(&mut self, message: &StreamCandlesResponse) -> Vec<Candle> {
+        match &message.payload {
+            Some(stream_candles_response::Payload::Candles(batch)) => batch.candles.clone(),
+            Some(stream_candles_response::Payload::Arrow(a)) => candles_of_batch(&self.arrow(&a.ipc)),
+            Some(stream_candles_response::Payload::Summary(_)) | None => Vec::new(),
+        }
+    }
+
+    /// The one record batch of an Arrow data message: the message must hold exactly one record batch (after the
+    /// schema, first, and any dictionary) and nothing after it.
+    pub fn arrow(&mut self, ipc: &[u8]) -> RecordBatch {
+        let mut buffer = Buffer::from(ipc.to_vec());
+        let mut batches = Vec::new();
+        while !buffer.is_empty() {
+            if let Some(batch) = self.decoder.decode(&mut buffer).expect("a well-formed Arrow IPC message") {
+                batches.push(batch);
+            }
+        }
+        assert_eq!(batches.len(), 1, "one record batch per data message");
+        self.arrow_batches += 1;
+        batches.pop().expect("a batch")
+    }
+}
+
+fn timestamp_of_micros(micros: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: micros.div_euclid(1_000_000),
+        nanos: (micros.rem_euclid(1_000_000) * 1000) as i32,
+    }
+}
+
+/// A column of `batch` by name, as the array type the schema documents.
+fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> &'a T {
+    let column = batch.column_by_name(name).unwrap_or_else(|| panic!("column {name}"));
+    column.as_any().downcast_ref::<T>().unwrap_or_else(|| panic!("column {name}: {:?}", column.data_type()))
+}
+
+/// The market_ticker column of `batch` as strings.
+fn tickers(batch: &RecordBatch) -> Vec<String> {
+    let dictionary = batch.column_by_name("market_ticker").expect("market_ticker").as_dictionary::<Int32Type>();
+    let values = dictionary.values().as_any().downcast_ref::<StringArray>().expect("utf8 values");
+    assert_eq!(dictionary.null_count(), 0, "market_ticker is never null");
+    dictionary.keys().values().iter().map(|&k| values.value(k as usize).to_owned()).collect()
+}
+
+/// The trades of a record batch of StreamTrades' Arrow schema, as Trade messages.
+pub fn trades_of_batch(batch: &RecordBatch) -> Vec<Trade> {
+    let time = column::<TimestampMicrosecondArray>(batch, "time");
+    let trade_id = column::<StringArray>(batch, "trade_id");
+    let yes = column::<Int64Array>(batch, "yes_price_micros");
+    let no = column::<Int64Array>(batch, "no_price_micros");
+    let count = column::<Int64Array>(batch, "count_centi");
+    let side = column::<Int8Array>(batch, "taker_side");
+    let seq = column::<Int64Array>(batch, "ingest_seq");
+    let tickers = tickers(batch);
+    (0..batch.num_rows())
+        .map(|i| Trade {
+            trade_id: trade_id.value(i).to_owned(),
+            market_ticker: tickers[i].clone(),
+            time: Some(timestamp_of_micros(time.value(i))),
+            yes_price_micros: yes.value(i),
+            no_price_micros: no.value(i),
+            count_centi: count.value(i),
+            taker_side: i32::from(side.value(i)),
+            ingest_seq: seq.value(i),
+        })
+        .collect()
+}
+
+/// The candles of a record batch of StreamCandles' Arrow schema, as Candle messages.
+pub fn candles_of_batch(batch: &RecordBatch) -> Vec<Candle> {
+    let int = |name| column::<Int64Array>(batch, name);
+    let (start, end) = (
+        column::<TimestampMicrosecondArray>(batch, "period_start"),
+        column::<TimestampMicrosecondArray>(batch, "period_end"),
+    );
+    let (open, high, low, close) = (int("open_micros"), int("high_micros"), int("low_micros"), int("close_micros"));
+    let (volume, trades, vwap, previous) =
+        (int("volume_centi"), int("trade_count"), int("vwap_micros"), int("previous_micros"));
+    let (empty, partial) = (column::<BooleanArray>(batch, "empty"), column::<BooleanArray>(batch, "partial"));
+    let tickers = tickers(batch);
+    (0..batch.num_rows())
+        .map(|i| Candle {
+            market_ticker: tickers[i].clone(),
+            period_start: Some(timestamp_of_micros(start.value(i))),
+            period_end: Some(timestamp_of_micros(end.value(i))),
+            open_micros: open.value(i),
+            high_micros: high.value(i),
+            low_micros: low.value(i),
+            close_micros: close.value(i),
+            volume_centi: volume.value(i),
+            trade_count: trades.value(i),
+            vwap_micros: vwap.value(i),
+            previous_micros: previous.is_valid(i).then(|| previous.value(i)),
+            empty: empty.value(i),
+            partial: partial.value(i),
+        })
+        .collect()
 }
 
 pub fn rows_of_columns(c: &TradeColumns, dictionary: &mut Vec<String>) -> Vec<Trade> {

@@ -133,7 +133,9 @@ class ArrowBatch(_message.Message):
     dictionary batch of the market_ticker column (a delta with the tickers new to this call, when there are any)
     and exactly one record batch with the message's items, in stream order. pyarrow.ipc.open_stream over the
     concatenated bytes, or arrow-rs's StreamDecoder fed message by message, reads it. A resumed call is a new IPC
-    stream: it starts with the schema again.
+    stream: it starts with the schema again, and its dictionary with the tickers of its own messages. A call without
+    items sends no data message, so no schema either: a client that wants an empty table makes it from the schema
+    below.
 
     The schema of StreamTrades (one row per trade, the Trade message's fields; no field is nullable):
       time              timestamp[us, tz=UTC]   Trade.time
