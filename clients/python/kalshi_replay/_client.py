@@ -59,6 +59,16 @@ Tickers = str | Iterable[str]
 _T = TypeVar("_T")
 
 
+class _Paged(Protocol):
+    """A List* response: one page and the token of the next."""
+
+    @property
+    def next_page_token(self) -> str: ...
+
+
+_P = TypeVar("_P", bound=_Paged)
+
+
 @dataclass(frozen=True, slots=True)
 class RetryEvent:
     """What the client tells `on_retry` (and logs) before it retries a failed call."""
@@ -271,6 +281,15 @@ class Client:
             attempt += 1
             self._retry(method, attempt, (code, message), 0, "")
 
+    def _pages(self, method: str, call: Callable[[Any], _P], request: Any) -> Iterator[_P]:
+        """Every page of a List* call, each fetched (with retries) when the caller has taken the previous one."""
+        while True:
+            page = self._unary(method, call, request)
+            yield page
+            if not page.next_page_token:
+                return
+            request.page_token = page.next_page_token
+
     def _responses(
         self, method: str, call: Callable[[Any], Iterator[Any]], request: Any, delivered: list[int]
     ) -> Iterator[Any]:
@@ -309,12 +328,8 @@ class Client:
     def series(self, category: str | None = None, *, tag: str | None = None, page_size: int = 0) -> Iterator[Series]:
         """All series ordered by ticker, optionally of one category or tag; pages are fetched as you iterate."""
         request = reference_pb2.ListSeriesRequest(category=category or "", tag=tag or "", page_size=page_size)
-        while True:
-            page = self._unary("ListSeries", self._reference.ListSeries, request)
+        for page in self._pages("ListSeries", self._reference.ListSeries, request):
             yield from (Series.from_proto(s) for s in page.series)
-            if not page.next_page_token:
-                return
-            request.page_token = page.next_page_token
 
     def event(self, event_ticker: str) -> Event:
         """One event; NotFound when unknown."""
@@ -336,12 +351,8 @@ class Client:
             category=category or "",
             page_size=page_size,
         )
-        while True:
-            page = self._unary("ListEvents", self._reference.ListEvents, request)
+        for page in self._pages("ListEvents", self._reference.ListEvents, request):
             yield from (Event.from_proto(e) for e in page.events)
-            if not page.next_page_token:
-                return
-            request.page_token = page.next_page_token
 
     def market(self, ticker: str) -> Market:
         """One market; NotFound when unknown."""
@@ -363,12 +374,8 @@ class Client:
             status=types_pb2.MarketStatus.ValueType(status or 0),
         )
         request.page_size = page_size
-        while True:
-            page = self._unary("ListMarkets", self._reference.ListMarkets, request)
+        for page in self._pages("ListMarkets", self._reference.ListMarkets, request):
             yield from (Market.from_proto(m) for m in page.markets)
-            if not page.next_page_token:
-                return
-            request.page_token = page.next_page_token
 
     def settlement(self, ticker: str) -> Settlement:
         """How a market settled; NotFound when it has not settled (or is unknown)."""
@@ -396,12 +403,8 @@ class Client:
             request.settled_start.CopyFrom(to_timestamp(parse_time(settled_start, "settled_start")))
         if settled_end is not None:
             request.settled_end.CopyFrom(to_timestamp(parse_time(settled_end, "settled_end")))
-        while True:
-            page = self._unary("ListSettlements", self._reference.ListSettlements, request)
+        for page in self._pages("ListSettlements", self._reference.ListSettlements, request):
             yield from (Settlement.from_proto(s) for s in page.settlements)
-            if not page.next_page_token:
-                return
-            request.page_token = page.next_page_token
 
     def coverage(
         self, markets: Tickers, *, start: TimeLike | None = None, end: TimeLike | None = None
