@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use common::{TestApp, all_markets, expected_hash, summary_of, trades_of, url_of};
+use common::{TestApp, all_markets, expected_hash, serve_on, summary_of, trades_of};
 use futures_util::TryStreamExt;
 use kalshi_replay::proto::{
     Layout, StreamTradesRequest as ServerTradesRequest, Trade as ServerTrade,
@@ -229,28 +229,6 @@ async fn errors_carry_the_code_and_the_server_text_naming_the_ticker() {
 
     let err = Client::connect("127.0.0.1:1").await.expect_err("nothing listens on port 1");
     assert_eq!(err.code(), Code::Unavailable, "{err}");
-}
-
-/// The real binary serving `config`'s database on `port` (0: any), and the address it listens on.
-async fn serve_on(config: &tokio_postgres::Config, port: u16) -> (tokio::process::Child, String) {
-    use tokio::io::AsyncBufReadExt;
-    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_kalshi-replay"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--log", "info", "--partitions-ahead", "0"])
-        .env("DATABASE_URL", url_of(config))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn");
-    let mut lines = tokio::io::BufReader::new(server.stderr.take().expect("stderr")).lines();
-    let addr = loop {
-        let line = lines.next_line().await.expect("log").expect("server exited");
-        if let Some(addr) = line.split("local=").nth(1) {
-            break addr.trim().to_owned();
-        }
-    };
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (server, addr)
 }
 
 #[tokio::test]

@@ -307,16 +307,24 @@ pub fn url_of(config: &Config) -> String {
 /// The real binary serving the database of `config` on a free port: the process (killed when dropped), its pid,
 /// and a channel to it.
 pub async fn serve_binary(config: &Config) -> (tokio::process::Child, u32, Channel) {
+    let (server, addr) = serve_on(config, 0).await;
+    let pid = server.id().expect("pid");
+    let channel = Channel::from_shared(format!("http://{addr}")).expect("uri").connect().await.expect("connect");
+    (server, pid, channel)
+}
+
+/// The real binary serving the database of `config` on `port` (0: any): the process (killed when dropped) and the
+/// address it listens on, read from its log. A test that restarts a server passes the port the first one got.
+pub async fn serve_on(config: &Config, port: u16) -> (tokio::process::Child, String) {
     use tokio::io::AsyncBufReadExt;
     let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_kalshi-replay"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--log", "info", "--partitions-ahead", "0"])
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--log", "info", "--partitions-ahead", "0"])
         .env("DATABASE_URL", url_of(config))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("spawn");
-    let pid = server.id().expect("pid");
     let mut lines = tokio::io::BufReader::new(server.stderr.take().expect("stderr")).lines();
     let addr = loop {
         let line = lines.next_line().await.expect("log").expect("server exited");
@@ -325,8 +333,7 @@ pub async fn serve_binary(config: &Config) -> (tokio::process::Child, u32, Chann
         }
     };
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let channel = Channel::from_shared(format!("http://{addr}")).expect("uri").connect().await.expect("connect");
-    (server, pid, channel)
+    (server, addr)
 }
 
 /// The resident memory of process `pid`, in KiB.
