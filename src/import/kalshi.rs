@@ -271,11 +271,33 @@ impl<'a> JsonObject<'a> {
     }
 
     fn side(&self, key: &str) -> Result<Side> {
-        match self.text(key)?.as_str() {
-            "yes" => Ok(Side::Yes),
-            "no" => Ok(Side::No),
-            other => Err(self.err(key, format!("unknown side {other:?} (expected \"yes\" or \"no\")"))),
+        let text = self.text(key)?;
+        yes_no(&text).ok_or_else(|| self.err(key, format!("unknown side {text:?} (expected \"yes\" or \"no\")")))
+    }
+
+    /// The taker's side of a trade. Kalshi deprecated `taker_side` (yes | no) for `taker_outcome_side` (yes | no)
+    /// and `taker_book_side` (bid | ask; a bid is YES, an ask is NO): any of the three will do, and where several
+    /// are present they must agree.
+    fn taker_side(&self) -> Result<Side> {
+        const YES_NO: &str = "(expected \"yes\" or \"no\")";
+        let fields: [(&str, fn(&str) -> Option<Side>, &str); 3] = [
+            ("taker_outcome_side", yes_no, YES_NO),
+            ("taker_book_side", bid_ask, "(expected \"bid\" or \"ask\")"),
+            ("taker_side", yes_no, YES_NO),
+        ];
+        let mut found: Option<(&str, Side)> = None;
+        for (key, read, expected) in fields {
+            let Some(text) = self.str_opt(key)? else { continue };
+            let side = read(text).ok_or_else(|| self.err(key, format!("unknown side {text:?} {expected}")))?;
+            match found {
+                None => found = Some((key, side)),
+                Some((first, other)) if other != side => {
+                    return Err(self.err(key, format!("{} disagrees with {first} {}", self.map[key], self.map[first])));
+                }
+                Some(_) => {}
+            }
         }
+        found.map(|(_, side)| side).ok_or_else(|| self.err("taker_side", "is required (or taker_outcome_side, or taker_book_side)"))
     }
 
     /// A settlement result; absent or empty is unspecified.
@@ -482,7 +504,25 @@ fn ws_trade(o: &JsonObject<'_>) -> Result<proto::Trade> {
     trade(o, o.text("market_ticker")?, time)
 }
 
-/// The fields that REST and WebSocket trades share.
+fn yes_no(text: &str) -> Option<Side> {
+    match text {
+        "yes" => Some(Side::Yes),
+        "no" => Some(Side::No),
+        _ => None,
+    }
+}
+
+/// Kalshi's book vocabulary for a side: bid is always YES, ask always NO.
+fn bid_ask(text: &str) -> Option<Side> {
+    match text {
+        "bid" => Some(Side::Yes),
+        "ask" => Some(Side::No),
+        _ => None,
+    }
+}
+
+/// The fields that REST and WebSocket trades share. Fields this service does not store (`is_block_trade`, and
+/// any Kalshi adds) are ignored on purpose: a trade is the same trade with or without them.
 fn trade(o: &JsonObject<'_>, market_ticker: String, time: Timestamp) -> Result<proto::Trade> {
     let yes = o.either(("yes_price_dollars", JsonObject::dollars), ("yes_price", JsonObject::cents))?;
     let yes = o.required("yes_price_dollars", yes)?;
@@ -503,7 +543,7 @@ fn trade(o: &JsonObject<'_>, market_ticker: String, time: Timestamp) -> Result<p
         yes_price_micros: yes,
         no_price_micros: no.unwrap_or(0),
         count_centi: o.required("count_fp", count)?,
-        taker_side: o.side("taker_side")? as i32,
+        taker_side: o.taker_side()? as i32,
         ingest_seq: 0,
     })
 }
@@ -1252,7 +1292,22 @@ mod tests {
                 vec![("taker_side", json(r#""maybe""#))],
                 r#"msg.taker_side: unknown side "maybe" (expected "yes" or "no")"#,
             ),
-            (vec![("taker_side", Value::Null)], "msg.taker_side: is required"),
+            (
+                vec![("taker_side", Value::Null)],
+                "msg.taker_side: is required (or taker_outcome_side, or taker_book_side)",
+            ),
+            (
+                vec![("taker_book_side", json(r#""yes""#))],
+                r#"msg.taker_book_side: unknown side "yes" (expected "bid" or "ask")"#,
+            ),
+            (
+                vec![("taker_outcome_side", json(r#""no""#))],
+                r#"msg.taker_side: "yes" disagrees with taker_outcome_side "no""#,
+            ),
+            (
+                vec![("taker_outcome_side", json(r#""yes""#)), ("taker_book_side", json(r#""ask""#))],
+                r#"msg.taker_book_side: "ask" disagrees with taker_outcome_side "yes""#,
+            ),
             (vec![("ts_ms", Value::Null), ("ts", Value::Null)], "msg.ts: is required (or ts_ms, or created_time)"),
             (vec![("ts_ms", json(r#""1764079387123""#))], "msg.ts_ms: must be an integer, got a string"),
             (
@@ -1282,6 +1337,32 @@ mod tests {
             ("created_time", json(r#""2025-11-25T14:03:07.5Z""#)),
         ]);
         assert_eq!(trades(&parse_line(&line).expect("created_time"))[0].time, ts("2025-11-25T14:03:07.500Z"));
+    }
+
+    /// Kalshi's current direction fields, alone or beside the deprecated `taker_side`, and a REST trade with
+    /// only the book vocabulary, as Kalshi sends them since it deprecated `taker_side`.
+    #[test]
+    fn trade_direction_from_any_of_kalshis_three_fields() {
+        let side = |changes: &[(&str, Value)]| trades(&parse_line(&trade_line(changes)).expect("trade"))[0].taker_side;
+        let without_legacy = ("taker_side", Value::Null);
+        let cases = [
+            (vec![without_legacy.clone(), ("taker_outcome_side", json(r#""no""#))], Side::No),
+            (vec![without_legacy.clone(), ("taker_outcome_side", json(r#""yes""#))], Side::Yes),
+            (vec![without_legacy.clone(), ("taker_book_side", json(r#""ask""#))], Side::No),
+            (vec![without_legacy.clone(), ("taker_book_side", json(r#""bid""#))], Side::Yes),
+            (vec![("taker_outcome_side", json(r#""yes""#)), ("taker_book_side", json(r#""bid""#))], Side::Yes),
+            (vec![("is_block_trade", json("true"))], Side::Yes),
+        ];
+        for (changes, want) in cases {
+            assert_eq!(side(&changes), want as i32, "{changes:?}");
+        }
+        let page = json(
+            r#"{"trades":[{"trade_id":"t","ticker":"M","created_time":"2026-05-14T09:30:00.25Z",
+                "yes_price_dollars":"0.4200","no_price_dollars":"0.5800","count_fp":"3.00",
+                "taker_outcome_side":"no","taker_book_side":"ask","is_block_trade":false}],"cursor":""}"#,
+        );
+        let got = trades(&parse_document(&page).expect("page"));
+        assert_eq!(got, [trade("t", "M", "2026-05-14T09:30:00.25Z", 420_000, 580_000, 300, Side::No)]);
     }
 
     #[test]
