@@ -189,6 +189,29 @@ pub async fn active_copies(admin: &Client, database: &str) -> i64 {
         .get(0)
 }
 
+/// Waits until every buffer between the database and a client that reads nothing is full: a replay COPY runs in
+/// `database` and all of them wait to write to the server (`ClientWrite`), in three looks in a row 50 ms apart;
+/// fails after `within`. A slow reader's test measures the server's memory from there on: earlier, the buffers
+/// are still filling and the memory still legitimately grows.
+pub async fn wait_until_backed_up(admin: &Client, database: &str, within: Duration) {
+    let started = Instant::now();
+    let mut in_a_row = 0;
+    while in_a_row < 3 {
+        let row = admin
+            .query_one(
+                "SELECT count(*), count(*) FILTER (WHERE wait_event = 'ClientWrite') FROM pg_stat_activity
+                  WHERE datname = $1 AND state = 'active' AND query LIKE 'COPY (SELECT %'",
+                &[&database],
+            )
+            .await
+            .expect("pg_stat_activity");
+        let (copies, waiting): (i64, i64) = (row.get(0), row.get(1));
+        in_a_row = if copies > 0 && waiting == copies { in_a_row + 1 } else { 0 };
+        assert!(started.elapsed() < within, "the database read still runs after {within:?}: {waiting} of {copies} COPYs wait");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits until no replay COPY runs in `database`; fails after `within`.
 pub async fn wait_until_no_copy(admin: &Client, database: &str, within: Duration) -> Duration {
     let started = Instant::now();
