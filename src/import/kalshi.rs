@@ -280,7 +280,7 @@ impl<'a> JsonObject<'a> {
     /// are present they must agree.
     fn taker_side(&self) -> Result<Side> {
         const YES_NO: &str = "(expected \"yes\" or \"no\")";
-        let fields: [(&str, fn(&str) -> Option<Side>, &str); 3] = [
+        let fields: [SideField; 3] = [
             ("taker_outcome_side", yes_no, YES_NO),
             ("taker_book_side", bid_ask, "(expected \"bid\" or \"ask\")"),
             ("taker_side", yes_no, YES_NO),
@@ -297,7 +297,9 @@ impl<'a> JsonObject<'a> {
                 Some(_) => {}
             }
         }
-        found.map(|(_, side)| side).ok_or_else(|| self.err("taker_side", "is required (or taker_outcome_side, or taker_book_side)"))
+        found
+            .map(|(_, side)| side)
+            .ok_or_else(|| self.err("taker_side", "is required (or taker_outcome_side, or taker_book_side)"))
     }
 
     /// A settlement result; absent or empty is unspecified.
@@ -503,6 +505,9 @@ fn ws_trade(o: &JsonObject<'_>) -> Result<proto::Trade> {
     };
     trade(o, o.text("market_ticker")?, time)
 }
+
+/// A field that names a trade's direction: its key, how its values read, and what they may be.
+type SideField = (&'static str, fn(&str) -> Option<Side>, &'static str);
 
 fn yes_no(text: &str) -> Option<Side> {
     match text {
