@@ -9,7 +9,8 @@ use tokio::net::TcpListener;
 use tokio_postgres::Client;
 
 use crate::{
-    config::{DatasetArgs, DbArgs, DemoArgs, GenerateArgs, ImportArgs, ServeArgs},
+    collect,
+    config::{CollectArgs, CollectMode, DatasetArgs, DbArgs, DemoArgs, GenerateArgs, ImportArgs, ServeArgs},
     error::Error,
     generate, import,
     server::{self, Pools, ServerOptions},
@@ -65,6 +66,41 @@ pub async fn import(args: ImportArgs) -> Result<(), Error> {
             limits: args.limits(),
         };
         let report = import::run(&pool, &options).await?;
+        print!("{}", report.summary());
+        Ok(())
+    })
+    .await
+}
+
+/// `collect`: fetches Kalshi's data into the database.
+pub async fn collect(args: CollectArgs) -> Result<(), Error> {
+    let CollectMode::Backfill(args) = args.mode;
+    if args.series.is_empty() && args.categories.is_empty() && args.events.is_empty() && args.markets.is_empty() {
+        return Err(Error::invalid("selection", "name at least one --series, --category, --event or --market"));
+    }
+    on_migrated_database(&args.db, async |db, client| {
+        drop(client);
+        // a connection per market fetched at once, one for the partitions its writes create
+        let pool = db.pool(u32::from(args.concurrency) + 1, args.db.connect_timeout).await?;
+        let policy = collect::rest::Policy {
+            rate: args.rate,
+            timeout: args.request_timeout,
+            max_retries: args.max_retries,
+            backoff: std::time::Duration::from_millis(500),
+        };
+        let rest = collect::rest::KalshiRest::new(&args.base_url, policy)?;
+        let options = collect::backfill::Options {
+            series: args.series.clone(),
+            categories: args.categories.clone(),
+            events: args.events.clone(),
+            markets: args.markets.clone(),
+            statuses: args.statuses.clone(),
+            start: args.start,
+            end: args.end,
+            concurrency: usize::from(args.concurrency),
+            limits: crate::limits::Limits::default(),
+        };
+        let report = collect::backfill::run(&pool, &rest, &options).await?;
         print!("{}", report.summary());
         Ok(())
     })

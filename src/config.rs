@@ -32,6 +32,8 @@ pub enum Command {
     Demo(DemoArgs),
     /// Import Kalshi's own JSON: REST pages (.json) and WebSocket logs (JSON lines), gzip or zstd or plain.
     Import(ImportArgs),
+    /// Fetch Kalshi's data from its API: `collect backfill` reads the REST API.
+    Collect(CollectArgs),
     /// Measure throughput and latency per RPC under concurrent load.
     Bench(BenchArgs),
 }
@@ -246,6 +248,72 @@ impl ImportArgs {
             ..Limits::default()
         }
     }
+}
+
+/// `collect` options.
+#[derive(Debug, Clone, Args)]
+pub struct CollectArgs {
+    /// What to collect.
+    #[command(subcommand)]
+    pub mode: CollectMode,
+}
+
+/// The ways `collect` fetches.
+#[derive(Debug, Clone, Subcommand)]
+pub enum CollectMode {
+    /// Everything Kalshi's REST API still serves for a selection: series, events, markets, settlements, trades.
+    Backfill(BackfillArgs),
+}
+
+/// `collect backfill` options.
+#[derive(Debug, Clone, Args)]
+pub struct BackfillArgs {
+    /// Database options.
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Kalshi's REST API (production; the demo environment is https://demo-api.kalshi.co/trade-api/v2).
+    #[arg(long, env = "KALSHI_REPLAY_BASE_URL", default_value = "https://api.elections.kalshi.com/trade-api/v2")]
+    pub base_url: String,
+    /// Series tickers: each series with all its events, markets and trades (repeatable).
+    #[arg(long = "series")]
+    pub series: Vec<String>,
+    /// Categories (e.g. Economics): every series of each, as with --series (repeatable).
+    #[arg(long = "category")]
+    pub categories: Vec<String>,
+    /// Event tickers: each event with its series, markets and trades (repeatable).
+    #[arg(long = "event")]
+    pub events: Vec<String>,
+    /// Market tickers: each market with its event, series and trades (repeatable).
+    #[arg(long = "market")]
+    pub markets: Vec<String>,
+    /// Only markets with one of these statuses, as Kalshi's Market.status (e.g. active, finalized; repeatable).
+    #[arg(long = "status")]
+    pub statuses: Vec<String>,
+    /// Trades at or after this time (RFC 3339), e.g. 2025-11-01T00:00:00Z.
+    #[arg(long, value_parser = parse_time)]
+    pub start: Option<chrono::DateTime<chrono::Utc>>,
+    /// Trades before this time (RFC 3339); default: now.
+    #[arg(long, value_parser = parse_time)]
+    pub end: Option<chrono::DateTime<chrono::Utc>>,
+    /// Requests per second to Kalshi, all together (Kalshi's basic tier allows 20 reads a second).
+    #[arg(long, env = "KALSHI_REPLAY_RATE", default_value_t = std::num::NonZeroU32::new(20).expect("20"))]
+    pub rate: std::num::NonZeroU32,
+    /// Markets whose trades are fetched at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub concurrency: u16,
+    /// One request's time limit, e.g. 30s.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    pub request_timeout: Duration,
+    /// Retries of one request (429, 5xx, timeouts) before the backfill stops; a re-run goes on where it stopped.
+    #[arg(long, default_value_t = 8)]
+    pub max_retries: u32,
+}
+
+/// An RFC 3339 time, e.g. 2025-11-01T00:00:00Z.
+fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| format!("{text:?} is not an RFC 3339 time such as 2025-11-01T00:00:00Z: {e}"))
 }
 
 /// `bench` options.

@@ -107,6 +107,14 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// Kalshi's API answered with an error, or not at all, after the collector's retries.
+    #[error("kalshi: {url}: {reason}")]
+    Kalshi {
+        /// The request, e.g. `https://api.elections.kalshi.com/trade-api/v2/markets/trades?ticker=...`.
+        url: String,
+        /// Kalshi's status and message, or the transport's error.
+        reason: String,
+    },
     /// A local file or socket operation failed.
     #[error("{action}: {source}")]
     Io {
@@ -240,6 +248,7 @@ impl From<Error> for Status {
             | Error::Bench(_)
             | Error::Panic(_)
             | Error::Arrow(_)
+            | Error::Kalshi { .. }
             | Error::Io { .. } => {
                 tracing::error!(error = %e, "internal error");
                 Status::internal("internal error")

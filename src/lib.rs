@@ -8,7 +8,7 @@
 //!
 //! Entry points:
 //! - [`config`] — command line and environment (clap), one struct per subcommand.
-//! - [`app`] — what each subcommand does (`serve`, `migrate`, `generate`, `import`, `demo`), over one
+//! - [`app`] — what each subcommand does (`serve`, `migrate`, `generate`, `import`, `collect`, `demo`), over one
 //!   open/migrate/stop frame of the database.
 //! - [`bench`] — `bench`: one module per target (reference, replay, candles, ingest) over shared helpers
 //!   (database frame, dataset, server child, psql COPY, stream drain, median).
@@ -28,6 +28,9 @@
 //!   all-or-nothing commit).
 //! - [`import`] — `import`: files and directories, gzip/zstd, JSON documents and lines, one write per file;
 //!   [`import::kalshi`] converts Kalshi's REST and WebSocket JSON exactly.
+//! - [`collect`] — `collect backfill`: Kalshi's REST pages walked ([`collect::backfill`]) through the importer's
+//!   conversion and the write core, resumable per trade walk ([`collect::positions`]), by a rate-limited,
+//!   retrying client ([`collect::rest`]).
 //!
 //! Storage:
 //! - [`store`] — [`store::db`] (where the database is, connections, the pool and its cancel-safe sections),
@@ -46,6 +49,7 @@
 pub mod admission;
 pub mod app;
 pub mod bench;
+pub mod collect;
 pub mod config;
 pub mod decimal;
 pub mod error;

@@ -24,6 +24,7 @@ async fn main() -> ExitCode {
         Command::Generate(args) => app::generate(args).await,
         Command::Demo(args) => app::demo(args).await,
         Command::Import(args) => app::import(args).await,
+        Command::Collect(args) => app::collect(args).await,
         Command::Bench(args) => bench::run(args).await,
     };
     match result {

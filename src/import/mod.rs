@@ -260,9 +260,9 @@ fn read_file(path: &Path, read: Arc<AtomicU64>, tx: &mpsc::Sender<Vec<Parsed>>, 
     Ok(number)
 }
 
-/// The batches of one file's write, one per table.
+/// The batches of one write, one per table: a file's (here) or a REST page's ([`crate::collect`]).
 #[derive(Debug, Default)]
-struct TableBuffers {
+pub struct TableBuffers {
     trades: RowBuffer<validate::TradeRow>,
     snapshots: RowBuffer<validate::SnapshotRow>,
     deltas: RowBuffer<validate::DeltaRow>,
@@ -280,7 +280,12 @@ fn at(kind: &'static str) -> At {
 
 impl TableBuffers {
     /// Validates `record` and adds it; for a kind the service does not store, its name.
-    async fn push(&mut self, write: &mut PendingWrite, record: Record, b: &Bounds) -> Result<Option<String>, Error> {
+    pub async fn push(
+        &mut self,
+        write: &mut PendingWrite,
+        record: Record,
+        b: &Bounds,
+    ) -> Result<Option<String>, Error> {
         match record {
             Record::Trade(t) => self.trades.push(write, validate::trade(at("trade"), b, &t)?).await?,
             Record::Snapshot(s) => {
@@ -302,7 +307,7 @@ impl TableBuffers {
     }
 
     /// Stages what every table holds still, for the write's commit.
-    async fn finish(self, write: &mut PendingWrite) -> Result<(), Error> {
+    pub async fn finish(self, write: &mut PendingWrite) -> Result<(), Error> {
         self.trades.finish(write).await?;
         self.snapshots.finish(write).await?;
         self.deltas.finish(write).await?;

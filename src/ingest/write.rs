@@ -97,6 +97,8 @@ pub struct PendingWrite {
     /// is one transaction and its staging tables, which must not grow with whatever a client sends.
     rows: u64,
     max_rows: u64,
+    /// Statements run after the stores, in the same transaction (see [`also`](Self::also)).
+    also: Vec<(&'static str, Vec<Option<String>>)>,
 }
 
 const FACT_WRITE_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext('kalshi_replay.fact_writes'))";
@@ -128,7 +130,21 @@ impl PendingWrite {
     /// A write to `pool` of at most `max_rows` rows. It takes its connection when it first stages rows, so a
     /// client stream that sends little, or slowly, holds no connection until then.
     pub fn new(pool: &Pool, max_rows: u64) -> Self {
-        Self { pool: pool.clone(), conn: None, days: BTreeSet::new(), staged: Vec::new(), rows: 0, max_rows }
+        Self {
+            pool: pool.clone(),
+            conn: None,
+            days: BTreeSet::new(),
+            staged: Vec::new(),
+            rows: 0,
+            max_rows,
+            also: Vec::new(),
+        }
+    }
+
+    /// Runs `statement` with text `params` (cast in the SQL) in the write's transaction after the stores: it
+    /// commits with the rows or not at all, as the collector's position does with the page it read.
+    pub fn also(&mut self, statement: &'static str, params: Vec<Option<String>>) {
+        self.also.push((statement, params));
     }
 
     /// Counts one more row; past max_rows the write is refused (TooLarge, which the caller names with the
@@ -199,6 +215,10 @@ impl PendingWrite {
     /// commits, and drops the staging tables.
     pub async fn commit(mut self) -> Result<Committed, Error> {
         const WATERMARK: &str = "SELECT watermark FROM data_version";
+        if self.conn.is_none() && !self.also.is_empty() {
+            // no rows, but statements to commit: they need the transaction all the same
+            self.conn().await?;
+        }
         let Some(conn) = self.conn.take() else {
             // nothing was staged: nothing to store
             let watermark = self.pool.get().await?.query_one(WATERMARK, &[]).await?.get(0);
@@ -222,8 +242,14 @@ impl PendingWrite {
             Some(sql) => conn.query_one(&sql, &[]).await?.get(0),
             None => 0,
         };
+        for (statement, params) in &self.also {
+            let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+                params.iter().map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+            conn.execute(*statement, &params).await?;
+        }
         let staging: Vec<String> = self.staged.iter().map(|(t, _)| t.staging()).collect();
-        conn.batch_execute(&format!("DROP TABLE {}; COMMIT", staging.join(", "))).await?;
+        let drop = if staging.is_empty() { String::new() } else { format!("DROP TABLE {}; ", staging.join(", ")) };
+        conn.batch_execute(&format!("{drop}COMMIT")).await?;
         // committed, staging tables gone: the session is clean again
         conn.end_section();
         Ok(Committed { watermark, stored, unreferenced })

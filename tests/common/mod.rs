@@ -5,6 +5,8 @@
 
 #![allow(dead_code, unreachable_pub)] // each test binary uses a different part
 
+pub mod kalshi_fake;
+
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -207,7 +209,10 @@ pub async fn wait_until_backed_up(admin: &Client, database: &str, within: Durati
             .expect("pg_stat_activity");
         let (copies, waiting): (i64, i64) = (row.get(0), row.get(1));
         in_a_row = if copies > 0 && waiting == copies { in_a_row + 1 } else { 0 };
-        assert!(started.elapsed() < within, "the database read still runs after {within:?}: {waiting} of {copies} COPYs wait");
+        assert!(
+            started.elapsed() < within,
+            "the database read still runs after {within:?}: {waiting} of {copies} COPYs wait"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

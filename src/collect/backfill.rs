@@ -1,0 +1,362 @@
+//! `collect backfill`: everything Kalshi's REST API still serves for a selection, through the importer's
+//! conversion ([`kalshi`]) and the write core ([`PendingWrite`]), one write per page.
+//!
+//! - The hierarchy first: the selected series (by ticker or category), their events and markets (live and
+//!   `/historical/markets`), and the events and markets named on their own; reference rows are re-read on every
+//!   run (last writer wins), settlements come with the markets that have a result.
+//! - Then every market's trades, several markets at once: from `/historical/trades` for the part before
+//!   `/historical/cutoff`'s `trades_created_ts` and from `/markets/trades` for the rest, at the largest page size.
+//! - Each trade walk is resumable ([`positions`]): a page's rows and the cursor of the next page commit in one
+//!   transaction, and a finished walk records the time it covered, so the next run asks only for later trades.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use futures_util::TryStreamExt;
+use serde_json::Value;
+
+use super::positions::{self, Walk};
+use super::rest::KalshiRest;
+use crate::{
+    error::Error,
+    import::{TableBuffers, kalshi},
+    ingest::{validate::Bounds, write::PendingWrite, write::Stored},
+    limits::Limits,
+    store::db::Pool,
+};
+
+/// Kalshi's largest page sizes: events 200, markets and trades 1,000.
+const EVENTS_PAGE: usize = 200;
+const PAGE: usize = 1000;
+
+/// What to backfill.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Series tickers: the series, all their events and markets, and the markets' trades.
+    pub series: Vec<String>,
+    /// Categories (e.g. `Economics`): every series of each, as if named in `series`.
+    pub categories: Vec<String>,
+    /// Event tickers: the event, its series and markets, and the markets' trades.
+    pub events: Vec<String>,
+    /// Market tickers: the market, its event and series, and its trades.
+    pub markets: Vec<String>,
+    /// Only markets whose `status` is one of these (Kalshi's Market.status, e.g. `active`, `finalized`).
+    pub statuses: Vec<String>,
+    /// Trades at or after this time only.
+    pub start: Option<DateTime<Utc>>,
+    /// Trades before this time only (default: when the backfill starts).
+    pub end: Option<DateTime<Utc>>,
+    /// Markets whose trades are fetched at once.
+    pub concurrency: usize,
+    /// The write core's limits (rows per write, item bounds).
+    pub limits: Limits,
+}
+
+/// What a backfill did.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// Markets whose trades were walked.
+    pub markets: u64,
+    /// Pages read.
+    pub pages: u64,
+    /// Rows per table: inserted, updated, already stored.
+    pub stored: BTreeMap<&'static str, Stored>,
+    /// Trade walks that went on from a cursor a previous run stored.
+    pub resumed: u64,
+    /// Requests sent to Kalshi, retries included, and the retries.
+    pub requests: u64,
+    pub retries: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+impl Report {
+    /// One line per table and the totals, for the command line.
+    pub fn summary(&self) -> String {
+        let trades = self.stored.get("trades").copied().unwrap_or_default();
+        let secs = self.elapsed.as_secs_f64().max(1e-9);
+        let mut out = format!(
+            "backfilled {} markets in {:.1} s: {} pages, {} requests ({} retried), {} new trades ({:.0} trades/s), \
+             {} walks resumed\n",
+            self.markets,
+            secs,
+            self.pages,
+            self.requests,
+            self.retries,
+            trades.inserted,
+            (trades.inserted + trades.skipped) as f64 / secs,
+            self.resumed,
+        );
+        for (table, s) in &self.stored {
+            out.push_str(&format!(
+                "  {table}: {} inserted, {} updated, {} already stored or unchanged\n",
+                s.inserted, s.updated, s.skipped
+            ));
+        }
+        out
+    }
+}
+
+/// A market to walk, as its page described it.
+#[derive(Debug, Clone)]
+struct MarketRef {
+    ticker: String,
+    open_time: Option<DateTime<Utc>>,
+}
+
+/// `/historical/cutoff`: where Kalshi's live data ends and its historical endpoints begin.
+#[derive(Debug, Clone, Copy)]
+struct Cutoff {
+    trades: DateTime<Utc>,
+}
+
+/// Runs a backfill of `options` from `rest` into the database of `pool`.
+pub async fn run(pool: &Pool, rest: &KalshiRest, options: &Options) -> Result<Report, Error> {
+    let started = Instant::now();
+    let end = options.end.unwrap_or_else(Utc::now);
+    let backfill = Backfill { pool, rest, options, report: tokio::sync::Mutex::new(Report::default()) };
+    let cutoff = backfill.cutoff().await?;
+    let markets = backfill.hierarchy().await?;
+    let progress = super::progress::Progress::new(markets.len() as u64);
+    futures_util::stream::iter(markets.iter().map(Ok))
+        .try_for_each_concurrent(options.concurrency.max(1), async |market| {
+            backfill.trades(market, cutoff, end).await?;
+            let report = backfill.report.lock().await;
+            let trades = report.stored.get("trades").copied().unwrap_or_default();
+            progress.market_done(trades.inserted + trades.skipped);
+            Ok::<(), Error>(())
+        })
+        .await?;
+    progress.finish();
+    let mut report = backfill.report.into_inner();
+    report.markets = markets.len() as u64;
+    (report.requests, report.retries) = rest.counts();
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
+
+struct Backfill<'a> {
+    pool: &'a Pool,
+    rest: &'a KalshiRest,
+    options: &'a Options,
+    report: tokio::sync::Mutex<Report>,
+}
+
+impl Backfill<'_> {
+    async fn cutoff(&self) -> Result<Option<Cutoff>, Error> {
+        let Some(page) = self.rest.get("historical/cutoff", &[]).await? else { return Ok(None) };
+        let trades = page
+            .get("trades_created_ts")
+            .and_then(Value::as_str)
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .ok_or_else(|| Error::Kalshi {
+                url: "historical/cutoff".into(),
+                reason: "no trades_created_ts as an RFC 3339 time".into(),
+            })?;
+        Ok(Some(Cutoff { trades: trades.with_timezone(&Utc) }))
+    }
+
+    /// Stores the selection's series, events and markets; the markets to walk, in ticker order, once each.
+    async fn hierarchy(&self) -> Result<Vec<MarketRef>, Error> {
+        let o = self.options;
+        let mut series = o.series.clone();
+        for category in &o.categories {
+            let page = self.page("series", &[("category", category.clone())]).await?;
+            series.extend(items(&page, "series").filter_map(|s| text(s, "ticker")));
+        }
+        series.sort();
+        series.dedup();
+        let mut markets = BTreeMap::new();
+        for s in &series {
+            if self.page(&format!("series/{s}"), &[]).await?.is_null() {
+                return Err(Error::NotFound { kind: "series ticker (at Kalshi)", names: vec![s.clone()] });
+            }
+            self.pages("events", &[("series_ticker", s.clone())], EVENTS_PAGE, |_| {}).await?;
+            for source in ["markets", "historical/markets"] {
+                self.pages(source, &[("series_ticker", s.clone())], PAGE, |page| collect_markets(page, &mut markets))
+                    .await?;
+            }
+        }
+        for e in &o.events {
+            let page = self.page(&format!("events/{e}"), &[]).await?;
+            let Some(series_ticker) = page.pointer("/event/series_ticker").and_then(Value::as_str) else {
+                return Err(Error::NotFound { kind: "event ticker (at Kalshi)", names: vec![e.clone()] });
+            };
+            self.page(&format!("series/{series_ticker}"), &[]).await?;
+            for source in ["markets", "historical/markets"] {
+                self.pages(source, &[("event_ticker", e.clone())], PAGE, |page| collect_markets(page, &mut markets))
+                    .await?;
+            }
+        }
+        for m in &o.markets {
+            let mut page = self.page(&format!("markets/{m}"), &[]).await?;
+            if page.is_null() {
+                page = self.page(&format!("historical/markets/{m}"), &[]).await?;
+            }
+            let Some(market) = page.get("market") else {
+                return Err(Error::NotFound { kind: "market ticker (at Kalshi)", names: vec![m.clone()] });
+            };
+            if let Some(event) = text(market, "event_ticker") {
+                let event_page = self.page(&format!("events/{event}"), &[]).await?;
+                if let Some(series_ticker) = event_page.pointer("/event/series_ticker").and_then(Value::as_str) {
+                    self.page(&format!("series/{series_ticker}"), &[]).await?;
+                }
+            }
+            collect_markets(&serde_json::json!({ "markets": [market] }), &mut markets);
+        }
+        let statuses = &o.statuses;
+        Ok(markets
+            .into_values()
+            .filter(|(_, status)| statuses.is_empty() || statuses.iter().any(|s| Some(s) == status.as_ref()))
+            .map(|(m, _)| m)
+            .collect())
+    }
+
+    /// One page: stored, and returned (null for a 404).
+    async fn page(&self, path: &str, query: &[(&str, String)]) -> Result<Value, Error> {
+        let Some(page) = self.rest.get(path, query).await? else { return Ok(Value::Null) };
+        self.store(path, &page, PendingWrite::new(self.pool, self.options.limits.max_rows_per_write)).await?;
+        Ok(page)
+    }
+
+    /// Every page of a listing, each stored and shown to `seen`.
+    async fn pages(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        limit: usize,
+        mut seen: impl FnMut(&Value),
+    ) -> Result<(), Error> {
+        let mut cursor = String::new();
+        loop {
+            let mut q = query.to_vec();
+            q.push(("limit", limit.to_string()));
+            if !cursor.is_empty() {
+                q.push(("cursor", cursor.clone()));
+            }
+            let page = self.page(path, &q).await?;
+            seen(&page);
+            cursor = next_cursor(&page);
+            if cursor.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Converts and validates a page, and commits it with `write` (which may carry the walk's position).
+    async fn store(&self, path: &str, page: &Value, mut write: PendingWrite) -> Result<(), Error> {
+        let records =
+            kalshi::parse_document(page).map_err(|e| Error::Kalshi { url: path.into(), reason: e.to_string() })?;
+        let bounds = Bounds::new(&self.options.limits, Utc::now());
+        let mut buffers = TableBuffers::default();
+        for record in records {
+            buffers.push(&mut write, record, &bounds).await.map_err(|e| match e {
+                Error::InvalidArgument { field, reason } => {
+                    Error::Kalshi { url: path.into(), reason: format!("{field}: {reason}") }
+                }
+                e => e,
+            })?;
+        }
+        buffers.finish(&mut write).await?;
+        let committed = write.commit().await?;
+        let mut report = self.report.lock().await;
+        report.pages += 1;
+        for (table, stored) in committed.stored {
+            *report.stored.entry(table).or_default() += stored;
+        }
+        Ok(())
+    }
+
+    /// A market's trades up to `end`: the historical part, then the live one.
+    async fn trades(&self, market: &MarketRef, cutoff: Option<Cutoff>, end: DateTime<Utc>) -> Result<(), Error> {
+        let start = self.options.start;
+        if let Some(cutoff) = cutoff {
+            let before_cutoff = market.open_time.is_none_or(|open| open < cutoff.trades);
+            if before_cutoff && start.is_none_or(|s| s < cutoff.trades) {
+                self.walk("historical/trades", &market.ticker, start, end.min(cutoff.trades)).await?;
+            }
+        }
+        if cutoff.is_none_or(|c| c.trades < end) {
+            self.walk("markets/trades", &market.ticker, start, end).await?;
+        }
+        Ok(())
+    }
+
+    /// One trade walk: from the stored cursor if a run stopped inside it, else from the time the last finished
+    /// walk covered (or `start`), to `end`.
+    async fn walk(
+        &self,
+        source: &str,
+        ticker: &str,
+        start: Option<DateTime<Utc>>,
+        end: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        let name = format!("{source} {ticker}");
+        let stored = positions::load(self.pool, &name).await?;
+        let mut walk = match stored {
+            Some(walk) if !walk.cursor.is_empty() => {
+                self.report.lock().await.resumed += 1;
+                walk
+            }
+            stored => {
+                let through = stored.and_then(|w| w.through);
+                // a finished walk covered everything up to `through`: only later trades are missing
+                let from = match (through, start) {
+                    (Some(t), Some(s)) if t > s => Some(t),
+                    (Some(t), None) => Some(t),
+                    _ => start,
+                };
+                if from.is_some_and(|f| f >= end) {
+                    return Ok(());
+                }
+                Walk { cursor: String::new(), min: from, max: Some(end), through }
+            }
+        };
+        loop {
+            let mut query = vec![("ticker", ticker.to_owned()), ("limit", PAGE.to_string())];
+            if let Some(min) = walk.min {
+                query.push(("min_ts", min.timestamp().to_string()));
+            }
+            if let Some(max) = walk.max {
+                query.push(("max_ts", max.timestamp().to_string()));
+            }
+            if !walk.cursor.is_empty() {
+                query.push(("cursor", walk.cursor.clone()));
+            }
+            let page = self.rest.get(source, &query).await?.unwrap_or(Value::Null);
+            walk.cursor = next_cursor(&page);
+            let mut write = PendingWrite::new(self.pool, self.options.limits.max_rows_per_write);
+            positions::save(&mut write, &name, &walk);
+            self.store(source, &page, write).await?;
+            if walk.cursor.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// The items of a page's `key` array.
+fn items<'v>(page: &'v Value, key: &str) -> impl Iterator<Item = &'v Value> {
+    page.get(key).and_then(Value::as_array).into_iter().flatten()
+}
+
+fn text(item: &Value, key: &str) -> Option<String> {
+    item.get(key).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned)
+}
+
+/// A page's cursor for the next one; empty at the end.
+fn next_cursor(page: &Value) -> String {
+    page.get("cursor").and_then(Value::as_str).unwrap_or_default().to_owned()
+}
+
+/// Adds the markets of a `markets` page (with their status) to `out`.
+fn collect_markets(page: &Value, out: &mut BTreeMap<String, (MarketRef, Option<String>)>) {
+    for market in items(page, "markets") {
+        let Some(ticker) = text(market, "ticker") else { continue };
+        let open_time = text(market, "open_time")
+            .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+            .map(|t| t.with_timezone(&Utc));
+        out.insert(ticker.clone(), (MarketRef { ticker, open_time }, text(market, "status")));
+    }
+}
