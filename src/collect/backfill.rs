@@ -324,7 +324,8 @@ impl Backfill<'_> {
             if !walk.cursor.is_empty() {
                 query.push(("cursor", walk.cursor.clone()));
             }
-            let page = self.rest.get(source, &query).await?.unwrap_or(Value::Null);
+            // a 404 (a market Kalshi no longer serves here) ends the walk like an empty last page
+            let page = self.rest.get(source, &query).await?.unwrap_or_else(|| serde_json::json!({ "trades": [] }));
             walk.cursor = next_cursor(&page);
             let mut write = PendingWrite::new(self.pool, self.options.limits.max_rows_per_write);
             positions::save(&mut write, &name, &walk);
