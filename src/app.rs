@@ -99,6 +99,7 @@ pub async fn collect(args: CollectArgs) -> Result<(), Error> {
             end: args.end,
             concurrency: usize::from(args.concurrency),
             limits: crate::limits::Limits::default(),
+            progress: args.progress,
         };
         let report = collect::backfill::run(&pool, &rest, &options).await?;
         print!("{}", report.summary());

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use chrono::NaiveDate;
 use clap::{Args, Parser, Subcommand};
 
-use crate::{generate::DatasetSpec, import::ProgressMode, limits::Limits, store::db};
+use crate::{generate::DatasetSpec, limits::Limits, progress::ProgressMode, store::db};
 
 /// Stores Kalshi market history in PostgreSQL and replays it deterministically over gRPC.
 #[derive(Debug, Parser)]
@@ -307,6 +307,9 @@ pub struct BackfillArgs {
     /// Retries of one request (429, 5xx, timeouts) before the backfill stops; a re-run goes on where it stopped.
     #[arg(long, default_value_t = 8)]
     pub max_retries: u32,
+    /// Progress display: a bar on a terminal and log lines otherwise (auto), or as chosen.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub progress: ProgressMode,
 }
 
 /// An RFC 3339 time, e.g. 2025-11-01T00:00:00Z.

@@ -42,6 +42,7 @@
 //! - [`error`] — the error enum and its single mapping to gRPC status codes.
 //! - [`admission`] — caps on concurrent streams (in all and per client connection) and writes, the drain at
 //!   shutdown; [`limits`] — every limit the server enforces, with its default.
+//! - [`progress`] — the progress bar or log lines of `import` and `collect backfill`.
 //! - [`time`] — Timestamp <-> chrono conversions; [`token`] — page and resume tokens, signed with the database's
 //!   key; [`decimal`] — exact parsing of Kalshi's fixed-point strings; [`generate`] — the deterministic synthetic
 //!   dataset; [`telemetry`] — logging.
@@ -57,6 +58,7 @@ pub mod generate;
 pub mod import;
 pub mod ingest;
 pub mod limits;
+pub mod progress;
 pub mod proto;
 pub mod reference;
 pub mod replay;

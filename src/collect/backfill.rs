@@ -23,6 +23,7 @@ use crate::{
     import::{TableBuffers, kalshi},
     ingest::{validate::Bounds, write::PendingWrite, write::Stored},
     limits::Limits,
+    progress::{Progress, ProgressMode, Unit},
     store::db::Pool,
 };
 
@@ -51,6 +52,8 @@ pub struct Options {
     pub concurrency: usize,
     /// The write core's limits (rows per write, item bounds).
     pub limits: Limits,
+    /// How progress is shown (markets done, trades, trades/s, ETA).
+    pub progress: ProgressMode,
 }
 
 /// What a backfill did.
@@ -118,18 +121,25 @@ pub async fn run(pool: &Pool, rest: &KalshiRest, options: &Options) -> Result<Re
     let backfill = Backfill { pool, rest, options, report: tokio::sync::Mutex::new(Report::default()) };
     let cutoff = backfill.cutoff().await?;
     let markets = backfill.hierarchy().await?;
-    let progress = super::progress::Progress::new(markets.len() as u64);
+    let progress = std::sync::Mutex::new((
+        Progress::new("collect backfill", options.progress, Unit::Things("markets"), markets.len() as u64),
+        0,
+    ));
+    let trades_read = |report: &Report| report.stored.get("trades").map_or(0, |s| s.inserted + s.skipped);
     futures_util::stream::iter(markets.iter().map(Ok))
         .try_for_each_concurrent(options.concurrency.max(1), async |market| {
             backfill.trades(market, cutoff, end).await?;
-            let report = backfill.report.lock().await;
-            let trades = report.stored.get("trades").copied().unwrap_or_default();
-            progress.market_done(trades.inserted + trades.skipped);
+            let trades = trades_read(&*backfill.report.lock().await);
+            let mut progress = progress.lock().unwrap_or_else(|p| p.into_inner());
+            progress.1 += 1;
+            let done = progress.1;
+            progress.0.update(done, trades);
             Ok::<(), Error>(())
         })
         .await?;
-    progress.finish();
     let mut report = backfill.report.into_inner();
+    let (mut progress, done) = progress.into_inner().unwrap_or_else(|p| p.into_inner());
+    progress.finish(done, trades_read(&report));
     report.markets = markets.len() as u64;
     (report.requests, report.retries) = rest.counts();
     report.elapsed = started.elapsed();

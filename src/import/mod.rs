@@ -23,7 +23,7 @@ pub mod kalshi;
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, IsTerminal, Read};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,6 +33,8 @@ use chrono::Utc;
 use tokio::sync::mpsc;
 
 use self::kalshi::Record;
+pub use crate::progress::ProgressMode;
+use crate::progress::{Progress, Unit};
 use crate::{
     error::Error,
     ingest::{
@@ -42,19 +44,6 @@ use crate::{
     limits::Limits,
     store::db::Pool,
 };
-
-/// How progress is shown.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ProgressMode {
-    /// A bar on a terminal (stderr), log lines otherwise.
-    Auto,
-    /// Always the bar.
-    Bar,
-    /// Log lines every few seconds.
-    Log,
-    /// Nothing until the summary.
-    Off,
-}
 
 /// What to import and how.
 #[derive(Debug, Clone)]
@@ -328,7 +317,7 @@ pub async fn run(pool: &Pool, options: &Options) -> Result<Report, Error> {
     let files = files(&options.paths)?;
     let total: u64 = files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();
     let read = Arc::new(AtomicU64::new(0));
-    let mut progress = Progress::new(options.progress, total);
+    let mut progress = Progress::new("import", options.progress, Unit::Bytes, total);
     let mut report = Report::default();
     for path in &files {
         import_file(pool, path, options, &read, &mut progress, &mut report).await?;
@@ -404,66 +393,6 @@ async fn import_file(
     }
     tracing::debug!("imported {name}");
     Ok(())
-}
-
-/// How often a log line reports progress when there is no bar.
-const LOG_EVERY: Duration = Duration::from_secs(5);
-
-/// The progress display.
-#[derive(Debug)]
-struct Progress {
-    bar: Option<indicatif::ProgressBar>,
-    log: bool,
-    total: u64,
-    started: Instant,
-    logged: Instant,
-}
-
-impl Progress {
-    fn new(mode: ProgressMode, total: u64) -> Self {
-        let terminal = std::io::stderr().is_terminal();
-        let bar = matches!(mode, ProgressMode::Bar) || (mode == ProgressMode::Auto && terminal);
-        let log = matches!(mode, ProgressMode::Log) || (mode == ProgressMode::Auto && !terminal);
-        let bar = bar.then(|| {
-            let bar = indicatif::ProgressBar::new(total);
-            let style = indicatif::ProgressStyle::with_template(
-                "{elapsed_precise} [{wide_bar}] {binary_bytes}/{binary_total_bytes} {msg} ETA {eta}",
-            )
-            .expect("valid template");
-            bar.set_style(style);
-            bar
-        });
-        Self { bar, log, total, started: Instant::now(), logged: Instant::now() }
-    }
-
-    fn update(&mut self, bytes: u64, rows: i64) {
-        let rate = rows as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
-        if let Some(bar) = &self.bar {
-            bar.set_position(bytes);
-            bar.set_message(format!("{rows} rows, {rate:.0} rows/s"));
-        }
-        if self.log && self.logged.elapsed() >= LOG_EVERY {
-            self.logged = Instant::now();
-            let share = bytes as f64 / self.total.max(1) as f64;
-            let eta = self.started.elapsed().as_secs_f64() * (1.0 - share) / share.max(1e-9);
-            tracing::info!(
-                "import: {bytes} of {} bytes ({:.0}%), {rows} rows, {rate:.0} rows/s, ETA {eta:.0} s",
-                self.total,
-                share * 100.0
-            );
-        }
-    }
-
-    fn finish(&mut self, bytes: u64, rows: i64) {
-        if let Some(bar) = &self.bar {
-            bar.finish_and_clear();
-        }
-        if self.log {
-            // the last state, however short the import was
-            self.logged = Instant::now() - LOG_EVERY;
-            self.update(bytes, rows);
-        }
-    }
 }
 
 #[cfg(test)]
