@@ -286,3 +286,50 @@ async fn a_429_waits_its_retry_after() {
     assert!(elapsed >= Duration::from_secs(report.retries), "{} retries in {elapsed:?}", report.retries);
     assert_eq!(replayed(&app, &series_of(fake.data())).await, kalshi_rows(fake.data()));
 }
+
+/// --event and --market select just their trades, with their hierarchy (series, event) stored too.
+#[tokio::test]
+async fn an_event_or_a_market_selects_its_own_trades() {
+    let fake = KalshiFake::start(KalshiData::generate(11, 2, 2, 4, 300, start(), 3), Faults::default()).await;
+    let data = fake.data();
+    let event = data.events[1]["event_ticker"].as_str().expect("event").to_owned();
+    let ticker_of = |m: &Value| m["ticker"].as_str().expect("ticker").to_owned();
+    let event_markets: BTreeSet<String> =
+        data.markets.iter().filter(|m| m["event_ticker"] == event.as_str()).map(ticker_of).collect();
+    let all = kalshi_rows(data);
+    let market = data
+        .markets
+        .iter()
+        .filter(|m| m["event_ticker"] != event.as_str())
+        .map(ticker_of)
+        .find(|t| all.iter().any(|r| &r.1 == t))
+        .expect("a market of another event with trades");
+    for (selection, tickers) in [
+        (Options { events: vec![event.clone()], ..options(vec![]) }, event_markets.clone()),
+        (Options { markets: vec![market.clone()], ..options(vec![]) }, BTreeSet::from([market.clone()])),
+    ] {
+        let app = TestApp::start().await;
+        backfill(&app, &fake, &selection).await.expect("backfill");
+        let want: BTreeSet<Row> = all.iter().filter(|r| tickers.contains(&r.1)).cloned().collect();
+        assert!(!want.is_empty() && want.len() < all.len(), "{selection:?}: some of the trades");
+        let db = app.db.client().await;
+        let stored: Vec<String> = db
+            .query("SELECT ticker FROM markets ORDER BY 1", &[])
+            .await
+            .expect("markets")
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert!(tickers.iter().all(|t| stored.contains(t)), "{selection:?}: markets {stored:?}");
+        let series: i64 = db.query_one("SELECT count(*) FROM series", &[]).await.expect("series").get(0);
+        assert_eq!(series, 1, "{selection:?}: the series of the selection");
+        let trades = db
+            .query("SELECT trade_id FROM trades ORDER BY 1", &[])
+            .await
+            .expect("trades")
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect::<BTreeSet<_>>();
+        assert_eq!(trades, want.iter().map(|r| r.0.clone()).collect(), "{selection:?}");
+    }
+}

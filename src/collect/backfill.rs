@@ -183,21 +183,13 @@ impl Backfill<'_> {
                 return Err(Error::NotFound { kind: "series ticker (at Kalshi)", names: vec![s.clone()] });
             }
             self.pages("events", &[("series_ticker", s.clone())], EVENTS_PAGE, |_| {}).await?;
-            for source in ["markets", "historical/markets"] {
-                self.pages(source, &[("series_ticker", s.clone())], PAGE, |page| collect_markets(page, &mut markets))
-                    .await?;
-            }
+            self.markets_of(("series_ticker", s), &mut markets).await?;
         }
         for e in &o.events {
-            let page = self.page(&format!("events/{e}"), &[]).await?;
-            let Some(series_ticker) = page.pointer("/event/series_ticker").and_then(Value::as_str) else {
+            if !self.event_and_series(e).await? {
                 return Err(Error::NotFound { kind: "event ticker (at Kalshi)", names: vec![e.clone()] });
-            };
-            self.page(&format!("series/{series_ticker}"), &[]).await?;
-            for source in ["markets", "historical/markets"] {
-                self.pages(source, &[("event_ticker", e.clone())], PAGE, |page| collect_markets(page, &mut markets))
-                    .await?;
             }
+            self.markets_of(("event_ticker", e), &mut markets).await?;
         }
         for m in &o.markets {
             let mut page = self.page(&format!("markets/{m}"), &[]).await?;
@@ -208,10 +200,7 @@ impl Backfill<'_> {
                 return Err(Error::NotFound { kind: "market ticker (at Kalshi)", names: vec![m.clone()] });
             };
             if let Some(event) = text(market, "event_ticker") {
-                let event_page = self.page(&format!("events/{event}"), &[]).await?;
-                if let Some(series_ticker) = event_page.pointer("/event/series_ticker").and_then(Value::as_str) {
-                    self.page(&format!("series/{series_ticker}"), &[]).await?;
-                }
+                self.event_and_series(&event).await?;
             }
             collect_markets(&serde_json::json!({ "markets": [market] }), &mut markets);
         }
@@ -221,6 +210,22 @@ impl Backfill<'_> {
             .filter(|(_, status)| statuses.is_empty() || statuses.iter().any(|s| Some(s) == status.as_ref()))
             .map(|(m, _)| m)
             .collect())
+    }
+
+    /// Stores the event `ticker` (with its live markets) and its series; false when Kalshi does not know it.
+    async fn event_and_series(&self, ticker: &str) -> Result<bool, Error> {
+        let page = self.page(&format!("events/{ticker}"), &[]).await?;
+        let Some(series) = page.pointer("/event/series_ticker").and_then(Value::as_str) else { return Ok(false) };
+        self.page(&format!("series/{series}"), &[]).await?;
+        Ok(true)
+    }
+
+    /// Stores the markets of one filter (e.g. `series_ticker`), live and archived, and adds them to `markets`.
+    async fn markets_of(&self, (key, value): (&str, &str), markets: &mut Markets) -> Result<(), Error> {
+        for source in ["markets", "historical/markets"] {
+            self.pages(source, &[(key, value.to_owned())], PAGE, |page| collect_markets(page, markets)).await?;
+        }
+        Ok(())
     }
 
     /// One page: stored, and returned (null for a 404).
@@ -361,8 +366,11 @@ fn next_cursor(page: &Value) -> String {
     page.get("cursor").and_then(Value::as_str).unwrap_or_default().to_owned()
 }
 
+/// The markets to walk by ticker, with their status.
+type Markets = BTreeMap<String, (MarketRef, Option<String>)>;
+
 /// Adds the markets of a `markets` page (with their status) to `out`.
-fn collect_markets(page: &Value, out: &mut BTreeMap<String, (MarketRef, Option<String>)>) {
+fn collect_markets(page: &Value, out: &mut Markets) {
     for market in items(page, "markets") {
         let Some(ticker) = text(market, "ticker") else { continue };
         let open_time = text(market, "open_time")
