@@ -100,6 +100,7 @@ pub async fn collect(args: CollectArgs) -> Result<(), Error> {
             concurrency: usize::from(args.concurrency),
             limits: crate::limits::Limits::default(),
             progress: args.progress,
+            rows_per_write: collect::backfill::ROWS_PER_WRITE,
         };
         let report = collect::backfill::run(&pool, &rest, &options).await?;
         print!("{}", report.summary());

@@ -169,7 +169,8 @@ async fn a_backfill_stopped_at_any_page_goes_on_where_it_stopped() {
     let count = async |sql: &str| -> usize { db.query_one(sql, &[]).await.expect(sql).get::<_, i64>(0) as usize };
     let mut stored_before = 0;
     for _ in 0..2 {
-        let selection = options(series.clone());
+        // a write per page, so that a walk's position is stored between its pages
+        let selection = Options { rows_per_write: 1, ..options(series.clone()) };
         let mut run = Box::pin(backfill(&app, &fake, &selection));
         let stopped = tokio::time::timeout(Duration::from_secs(60), async {
             loop {

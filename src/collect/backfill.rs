@@ -32,7 +32,7 @@ const EVENTS_PAGE: usize = 200;
 const PAGE: usize = 1000;
 
 /// What to backfill.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Options {
     /// Series tickers: the series, all their events and markets, and the markets' trades.
     pub series: Vec<String>,
@@ -54,7 +54,31 @@ pub struct Options {
     pub limits: Limits,
     /// How progress is shown (markets done, trades, trades/s, ETA).
     pub progress: ProgressMode,
+    /// A trade walk's pages commit together (with the walk's position) once they hold this many rows, and at
+    /// the walk's end.
+    pub rows_per_write: usize,
 }
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            series: Vec::new(),
+            categories: Vec::new(),
+            events: Vec::new(),
+            markets: Vec::new(),
+            statuses: Vec::new(),
+            start: None,
+            end: None,
+            concurrency: 4,
+            limits: Limits::default(),
+            progress: ProgressMode::Auto,
+            rows_per_write: ROWS_PER_WRITE,
+        }
+    }
+}
+
+/// The default of [`Options::rows_per_write`]: ten of Kalshi's largest trade pages.
+pub const ROWS_PER_WRITE: usize = 10_000;
 
 /// What a backfill did.
 #[derive(Debug, Clone, Default)]
@@ -259,24 +283,42 @@ impl Backfill<'_> {
         }
     }
 
-    /// Converts and validates a page, and commits it with `write` (which may carry the walk's position).
+    /// Converts and validates a page, and commits it with `write`.
     async fn store(&self, path: &str, page: &Value, mut write: PendingWrite) -> Result<(), Error> {
+        let mut buffers = TableBuffers::default();
+        self.add(path, page, &mut write, &mut buffers).await?;
+        self.commit(write, buffers, 1).await
+    }
+
+    /// Converts and validates a page into `buffers` of `write`; the number of records.
+    async fn add(
+        &self,
+        path: &str,
+        page: &Value,
+        write: &mut PendingWrite,
+        buffers: &mut TableBuffers,
+    ) -> Result<usize, Error> {
         let records =
             kalshi::parse_document(page).map_err(|e| Error::Kalshi { url: path.into(), reason: e.to_string() })?;
         let bounds = Bounds::new(&self.options.limits, Utc::now());
-        let mut buffers = TableBuffers::default();
+        let count = records.len();
         for record in records {
-            buffers.push(&mut write, record, &bounds).await.map_err(|e| match e {
+            buffers.push(write, record, &bounds).await.map_err(|e| match e {
                 Error::InvalidArgument { field, reason } => {
                     Error::Kalshi { url: path.into(), reason: format!("{field}: {reason}") }
                 }
                 e => e,
             })?;
         }
+        Ok(count)
+    }
+
+    /// Commits `pages` pages added to `write` (which may carry the walk's position).
+    async fn commit(&self, mut write: PendingWrite, buffers: TableBuffers, pages: u64) -> Result<(), Error> {
         buffers.finish(&mut write).await?;
         let committed = write.commit().await?;
         let mut report = self.report.lock().await;
-        report.pages += 1;
+        report.pages += pages;
         for (table, stored) in committed.stored {
             *report.stored.entry(table).or_default() += stored;
         }
@@ -328,6 +370,7 @@ impl Backfill<'_> {
                 Walk { cursor: String::new(), min: from, max: Some(end), through }
             }
         };
+        let mut pending: Option<(PendingWrite, TableBuffers, u64, usize)> = None;
         loop {
             let mut query = vec![("ticker", ticker.to_owned()), ("limit", PAGE.to_string())];
             if let Some(min) = walk.min {
@@ -342,9 +385,18 @@ impl Backfill<'_> {
             // a 404 (a market Kalshi no longer serves here) ends the walk like an empty last page
             let page = self.rest.get(source, &query).await?.unwrap_or_else(|| serde_json::json!({ "trades": [] }));
             walk.cursor = next_cursor(&page);
-            let mut write = PendingWrite::new(self.pool, self.options.limits.max_rows_per_write);
-            positions::save(&mut write, &name, &walk);
-            self.store(source, &page, write).await?;
+            let max_rows = self.options.limits.max_rows_per_write;
+            let (write, buffers, pages, rows) =
+                pending.get_or_insert_with(|| (PendingWrite::new(self.pool, max_rows), TableBuffers::default(), 0, 0));
+            *rows += self.add(source, &page, write, buffers).await?;
+            *pages += 1;
+            // pages go in together, up to rows_per_write: a write's fixed cost (staging, one transaction) is most
+            // of a single page's; a stop loses at most the pages of the write under way, read again on resume
+            if walk.cursor.is_empty() || *rows >= self.options.rows_per_write {
+                let (mut write, buffers, pages, _) = pending.take().expect("filled above");
+                positions::save(&mut write, &name, &walk);
+                self.commit(write, buffers, pages).await?;
+            }
             if walk.cursor.is_empty() {
                 return Ok(());
             }
