@@ -21,7 +21,10 @@ use super::rest::KalshiRest;
 use crate::{
     error::Error,
     import::{TableBuffers, kalshi},
-    ingest::{validate::Bounds, write::PendingWrite, write::Stored},
+    ingest::{
+        validate::Bounds,
+        write::{self, PendingWrite, Stored},
+    },
     limits::Limits,
     progress::{Progress, ProgressMode, Unit},
     store::db::Pool,
@@ -115,12 +118,7 @@ impl Report {
             (trades.inserted + trades.skipped) as f64 / secs,
             self.resumed,
         );
-        for (table, s) in &self.stored {
-            out.push_str(&format!(
-                "  {table}: {} inserted, {} updated, {} already stored or unchanged\n",
-                s.inserted, s.updated, s.skipped
-            ));
-        }
+        out.push_str(&write::table_lines(&self.stored));
         out
     }
 }

@@ -39,7 +39,7 @@ use crate::{
     error::Error,
     ingest::{
         validate::{self, At, Bounds},
-        write::{PendingWrite, RowBuffer, Stored},
+        write::{self, PendingWrite, RowBuffer, Stored},
     },
     limits::Limits,
     store::db::Pool,
@@ -94,12 +94,7 @@ impl Report {
             self.rows(),
             self.rows() as f64 / self.elapsed.as_secs_f64().max(1e-9),
         );
-        for (table, s) in &self.stored {
-            out.push_str(&format!(
-                "  {table}: {} inserted, {} updated, {} already stored or unchanged\n",
-                s.inserted, s.updated, s.skipped
-            ));
-        }
+        out.push_str(&write::table_lines(&self.stored));
         if self.bad > 0 {
             out.push_str(&format!("  skipped as bad: {}\n", self.bad));
         }

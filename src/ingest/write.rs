@@ -64,6 +64,19 @@ impl Stored {
     }
 }
 
+/// One line per table of `stored`, as the summaries of `import` and `collect backfill` print them.
+pub fn table_lines(stored: &BTreeMap<&'static str, Stored>) -> String {
+    stored
+        .iter()
+        .map(|(table, s)| {
+            format!(
+                "  {table}: {} inserted, {} updated, {} already stored or unchanged\n",
+                s.inserted, s.updated, s.skipped
+            )
+        })
+        .collect()
+}
+
 impl std::ops::AddAssign for Stored {
     fn add_assign(&mut self, other: Stored) {
         self.inserted += other.inserted;
