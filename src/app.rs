@@ -10,7 +10,10 @@ use tokio_postgres::Client;
 
 use crate::{
     collect,
-    config::{CollectArgs, CollectMode, DatasetArgs, DbArgs, DemoArgs, GenerateArgs, ImportArgs, ServeArgs},
+    config::{
+        BackfillArgs, CollectArgs, CollectMode, DatasetArgs, DbArgs, DemoArgs, GenerateArgs, ImportArgs, LiveArgs,
+        LiveChannel, ServeArgs,
+    },
     error::Error,
     generate, import,
     server::{self, Pools, ServerOptions},
@@ -74,7 +77,14 @@ pub async fn import(args: ImportArgs) -> Result<(), Error> {
 
 /// `collect`: fetches Kalshi's data into the database.
 pub async fn collect(args: CollectArgs) -> Result<(), Error> {
-    let CollectMode::Backfill(args) = args.mode;
+    match args.mode {
+        CollectMode::Backfill(args) => backfill(args).await,
+        CollectMode::Live(args) => live(args).await,
+    }
+}
+
+/// `collect backfill`.
+async fn backfill(args: BackfillArgs) -> Result<(), Error> {
     if args.series.is_empty() && args.categories.is_empty() && args.events.is_empty() && args.markets.is_empty() {
         return Err(Error::invalid("selection", "name at least one --series, --category, --event or --market"));
     }
@@ -82,13 +92,7 @@ pub async fn collect(args: CollectArgs) -> Result<(), Error> {
         drop(client);
         // a connection per market fetched at once, one for the partitions its writes create
         let pool = db.pool(u32::from(args.concurrency) + 1, args.db.connect_timeout).await?;
-        let policy = collect::rest::Policy {
-            rate: args.rate,
-            timeout: args.request_timeout,
-            max_retries: args.max_retries,
-            backoff: std::time::Duration::from_millis(500),
-        };
-        let rest = collect::rest::KalshiRest::new(&args.base_url, policy)?;
+        let rest = collect::rest::KalshiRest::new(&args.rest.base_url, args.rest.policy())?;
         let options = collect::backfill::Options {
             series: args.series.clone(),
             categories: args.categories.clone(),
@@ -103,6 +107,45 @@ pub async fn collect(args: CollectArgs) -> Result<(), Error> {
             rows_per_write: collect::backfill::ROWS_PER_WRITE,
         };
         let report = collect::backfill::run(&pool, &rest, &options).await?;
+        print!("{}", report.summary());
+        Ok(())
+    })
+    .await
+}
+
+/// `collect live`: records until SIGINT or SIGTERM, then commits what it received and prints the summary.
+async fn live(args: LiveArgs) -> Result<(), Error> {
+    let key = match (&args.api_key_id, &args.private_key_file) {
+        (Some(id), Some(path)) => Some(collect::auth::ApiKey::from_file(id, path)?),
+        (None, None) => None,
+        _ => {
+            return Err(Error::invalid("api_key_id", "give both --api-key-id and --private-key-file, or neither"));
+        }
+    };
+    let shutdown = shutdown_signal()?;
+    on_migrated_database(&args.db, async |db, client| {
+        drop(client);
+        // the writer's connection, one for the partitions its writes create, one for the lookups of markets
+        let pool = db.pool(3, args.db.connect_timeout).await?;
+        let rest = collect::rest::KalshiRest::new(&args.rest.base_url, args.rest.policy())?;
+        let has = |c| args.channels.contains(&c);
+        let options = collect::live::Options {
+            ws_url: args.ws_url.clone(),
+            series: args.series.clone(),
+            events: args.events.clone(),
+            markets: args.markets.clone(),
+            channels: collect::live::Channels {
+                trades: has(LiveChannel::Trade),
+                books: has(LiveChannel::OrderbookDelta),
+                lifecycle: has(LiveChannel::MarketLifecycleV2),
+            },
+            flush_messages: args.flush_messages as usize,
+            flush_interval: args.flush_interval,
+            heartbeat_timeout: args.heartbeat_timeout,
+            raw_log: args.raw_log.clone(),
+            ..collect::live::Options::default()
+        };
+        let report = collect::live::run(&pool, &rest, key.as_ref(), &options, shutdown).await?;
         print!("{}", report.summary());
         Ok(())
     })

@@ -32,7 +32,7 @@ pub enum Command {
     Demo(DemoArgs),
     /// Import Kalshi's own JSON: REST pages (.json) and WebSocket logs (JSON lines), gzip or zstd or plain.
     Import(ImportArgs),
-    /// Fetch Kalshi's data from its API: `collect backfill` reads the REST API.
+    /// Fetch Kalshi's data from its API: `collect backfill` reads the REST API, `collect live` records the WebSocket.
     Collect(CollectArgs),
     /// Measure throughput and latency per RPC under concurrent load.
     Bench(BenchArgs),
@@ -263,6 +263,37 @@ pub struct CollectArgs {
 pub enum CollectMode {
     /// Everything Kalshi's REST API still serves for a selection: series, events, markets, settlements, trades.
     Backfill(BackfillArgs),
+    /// Kalshi's WebSocket feed as it happens: trades, order books, lifecycle events, until SIGINT or SIGTERM.
+    Live(LiveArgs),
+}
+
+/// How `collect` talks to Kalshi's REST API (both modes).
+#[derive(Debug, Clone, Args)]
+pub struct KalshiRestArgs {
+    /// Kalshi's REST API (production; the demo environment is https://demo-api.kalshi.co/trade-api/v2).
+    #[arg(long, env = "KALSHI_REPLAY_BASE_URL", default_value = "https://api.elections.kalshi.com/trade-api/v2")]
+    pub base_url: String,
+    /// Requests per second to Kalshi, all together (Kalshi's basic tier allows 20 reads a second).
+    #[arg(long, env = "KALSHI_REPLAY_RATE", default_value_t = std::num::NonZeroU32::new(20).expect("20"))]
+    pub rate: std::num::NonZeroU32,
+    /// One request's time limit, e.g. 30s.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    pub request_timeout: Duration,
+    /// Retries of one request (429, 5xx, timeouts) before it fails.
+    #[arg(long, default_value_t = 8)]
+    pub max_retries: u32,
+}
+
+impl KalshiRestArgs {
+    /// The REST client's policy.
+    pub fn policy(&self) -> crate::collect::rest::Policy {
+        crate::collect::rest::Policy {
+            rate: self.rate,
+            timeout: self.request_timeout,
+            max_retries: self.max_retries,
+            backoff: Duration::from_millis(500),
+        }
+    }
 }
 
 /// `collect backfill` options.
@@ -271,9 +302,9 @@ pub struct BackfillArgs {
     /// Database options.
     #[command(flatten)]
     pub db: DbArgs,
-    /// Kalshi's REST API (production; the demo environment is https://demo-api.kalshi.co/trade-api/v2).
-    #[arg(long, env = "KALSHI_REPLAY_BASE_URL", default_value = "https://api.elections.kalshi.com/trade-api/v2")]
-    pub base_url: String,
+    /// Kalshi's REST API.
+    #[command(flatten)]
+    pub rest: KalshiRestArgs,
     /// Series tickers: each series with all its events, markets and trades (repeatable).
     #[arg(long = "series")]
     pub series: Vec<String>,
@@ -295,21 +326,69 @@ pub struct BackfillArgs {
     /// Trades before this time (RFC 3339); default: now.
     #[arg(long, value_parser = parse_time)]
     pub end: Option<chrono::DateTime<chrono::Utc>>,
-    /// Requests per second to Kalshi, all together (Kalshi's basic tier allows 20 reads a second).
-    #[arg(long, env = "KALSHI_REPLAY_RATE", default_value_t = std::num::NonZeroU32::new(20).expect("20"))]
-    pub rate: std::num::NonZeroU32,
     /// Markets whose trades are fetched at once.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub concurrency: u16,
-    /// One request's time limit, e.g. 30s.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
-    pub request_timeout: Duration,
-    /// Retries of one request (429, 5xx, timeouts) before the backfill stops; a re-run goes on where it stopped.
-    #[arg(long, default_value_t = 8)]
-    pub max_retries: u32,
     /// Progress display: a bar on a terminal and log lines otherwise (auto), or as chosen.
     #[arg(long, value_enum, default_value = "auto")]
     pub progress: ProgressMode,
+}
+
+/// A WebSocket channel `collect live` records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum LiveChannel {
+    /// Trades.
+    Trade,
+    /// Order-book snapshots and deltas (private: needs an API key).
+    OrderbookDelta,
+    /// Market lifecycle events.
+    MarketLifecycleV2,
+}
+
+/// `collect live` options.
+#[derive(Debug, Clone, Args)]
+pub struct LiveArgs {
+    /// Database options.
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Kalshi's REST API, for the selection's markets and those the feed names that the database lacks.
+    #[command(flatten)]
+    pub rest: KalshiRestArgs,
+    /// Kalshi's WebSocket (production; the demo environment is wss://demo-api.kalshi.co/trade-api/ws/v2).
+    #[arg(long, env = "KALSHI_REPLAY_WS_URL", default_value = crate::collect::live::DEFAULT_WS_URL)]
+    pub ws_url: String,
+    /// The id of your Kalshi API key (Kalshi's account settings, API keys).
+    #[arg(long, env = "KALSHI_API_KEY_ID")]
+    pub api_key_id: Option<String>,
+    /// The key's RSA private key, a PEM file as Kalshi hands it out (PKCS#1) or PKCS#8.
+    #[arg(long, env = "KALSHI_PRIVATE_KEY_FILE")]
+    pub private_key_file: Option<std::path::PathBuf>,
+    /// Series tickers: their open markets, and those that open while recording (repeatable).
+    #[arg(long = "series")]
+    pub series: Vec<String>,
+    /// Event tickers: their open markets, and those that open while recording (repeatable).
+    #[arg(long = "event")]
+    pub events: Vec<String>,
+    /// Market tickers (repeatable).
+    #[arg(long = "market")]
+    pub markets: Vec<String>,
+    /// The channels recorded (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "trade,orderbook_delta,market_lifecycle_v2")]
+    pub channels: Vec<LiveChannel>,
+    /// A write commits once it holds this many messages...
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub flush_messages: u32,
+    /// ... or once its first message is this old, e.g. 250ms.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "250ms")]
+    pub flush_interval: Duration,
+    /// A connection silent this long (Kalshi pings every 10 s) is replaced, e.g. 30s.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    pub heartbeat_timeout: Duration,
+    /// A directory for the raw log: every stored message as a JSON line, zstd, one file per UTC hour, readable by
+    /// `kalshi-replay import`.
+    #[arg(long)]
+    pub raw_log: Option<std::path::PathBuf>,
 }
 
 /// An RFC 3339 time, e.g. 2025-11-01T00:00:00Z.

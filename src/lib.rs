@@ -30,7 +30,8 @@
 //!   [`import::kalshi`] converts Kalshi's REST and WebSocket JSON exactly.
 //! - [`collect`] — `collect backfill`: Kalshi's REST pages walked ([`collect::backfill`]) through the importer's
 //!   conversion and the write core, resumable per trade walk ([`collect::positions`]), by a rate-limited,
-//!   retrying client ([`collect::rest`]).
+//!   retrying client ([`collect::rest`]); `collect live` ([`collect::live`]): the WebSocket feed in small writes,
+//!   through reconnects and seq gaps, the handshake signed with the user's key ([`collect::auth`]).
 //!
 //! Storage:
 //! - [`store`] — [`store::db`] (where the database is, connections, the pool and its cancel-safe sections),

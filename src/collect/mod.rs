@@ -2,8 +2,13 @@
 //!
 //! - [`backfill`] — `collect backfill`: a selection's series, events, markets and trades from the REST API (live
 //!   and `/historical/` endpoints), resumable per trade walk ([`positions`]).
+//! - [`live`] — `collect live`: the WebSocket feed (trades, order books, lifecycle) recorded in small writes,
+//!   through reconnects and seq gaps, with an optional raw log that `import` reads back.
 //! - [`rest`] — the polite REST client: rate limit, timeouts, retries honouring Retry-After.
+//! - [`auth`] — Kalshi's API-key signatures (RSA-PSS) for the WebSocket handshake.
 
+pub mod auth;
 pub mod backfill;
+pub mod live;
 pub mod positions;
 pub mod rest;
