@@ -10,6 +10,8 @@
 //! The fake is the tests' (tests/common/kalshi_fake.rs): pages of 1,000 trades, newest first, over HTTP/1.1 on
 //! the loopback. It needs a PostgreSQL server (`DATABASE_URL`) where it may create and drop databases.
 
+#[path = "support/fresh_db.rs"]
+mod fresh_db;
 #[path = "../tests/common/kalshi_fake.rs"]
 #[allow(dead_code, unreachable_pub)]
 mod kalshi_fake;
@@ -23,7 +25,6 @@ use kalshi_replay::{
     collect::{backfill, rest},
     import,
     limits::Limits,
-    store::{db, migrate},
 };
 use serde_json::json;
 
@@ -42,7 +43,7 @@ struct Args {
     runs: usize,
 }
 
-type Error = Box<dyn std::error::Error>;
+use fresh_db::{Error, fresh};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -59,7 +60,8 @@ async fn main() -> Result<(), Error> {
     let (mut collected, mut imported) = (Vec::new(), Vec::new());
     for run in 0..args.runs {
         // in turn, so that the machine's noise spreads over both
-        let seconds = fresh(&url, &format!("collect_rate_{}_{run}_c", std::process::id()), async |pool| {
+        let seconds = fresh(&url, &format!("collect_rate_{}_{run}_c", std::process::id()), async |database| {
+            let pool = &database.pool(8, Duration::from_secs(30)).await?;
             let policy = rest::Policy {
                 rate: NonZeroU32::new(1_000_000).ok_or("rate")?,
                 timeout: Duration::from_secs(30),
@@ -81,7 +83,8 @@ async fn main() -> Result<(), Error> {
         })
         .await?;
         collected.push(trades as f64 / seconds);
-        let seconds = fresh(&url, &format!("collect_rate_{}_{run}_i", std::process::id()), async |pool| {
+        let seconds = fresh(&url, &format!("collect_rate_{}_{run}_i", std::process::id()), async |database| {
+            let pool = &database.pool(8, Duration::from_secs(30)).await?;
             let options = import::Options {
                 paths: vec![files.path().to_owned()],
                 skip_bad: false,
@@ -122,43 +125,6 @@ fn write_pages(data: &KalshiData, dir: &Path) -> Result<(), Error> {
         )?;
     }
     Ok(())
-}
-
-/// Runs `work` on a new, migrated database of the server at `url`, dropped afterwards.
-async fn fresh(url: &str, name: &str, work: impl AsyncFnOnce(&db::Pool) -> Result<f64, Error>) -> Result<f64, Error> {
-    let (admin, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
-    tokio::spawn(connection);
-    admin.batch_execute(&format!("CREATE DATABASE {name}")).await?;
-    let options = db::Options {
-        database_url: Some(db_url(url, name)),
-        data_dir: std::env::temp_dir(),
-        connect_timeout: Duration::from_secs(10),
-    };
-    let result = async {
-        let database = db::Database::open(&options).await?;
-        migrate::run(&mut database.connect(Duration::from_secs(10)).await?).await?;
-        let pool = database.pool(8, Duration::from_secs(30)).await?;
-        let seconds = work(&pool).await;
-        drop(pool);
-        database.shutdown().await?;
-        seconds
-    }
-    .await;
-    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await?;
-    result
-}
-
-/// `url` with its database name replaced by `name`.
-fn db_url(url: &str, name: &str) -> String {
-    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
-    let base = match base.rsplit_once('/') {
-        Some((server, _)) if server.contains("://") && server.len() > server.find("://").unwrap_or(0) + 3 => server,
-        _ => base,
-    };
-    match query {
-        Some(q) => format!("{base}/{name}?{q}"),
-        None => format!("{base}/{name}"),
-    }
 }
 
 /// Fails unless `stored` holds every one of the `trades` as newly inserted.

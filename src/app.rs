@@ -129,7 +129,7 @@ async fn live(args: LiveArgs) -> Result<(), Error> {
         let pool = db.pool(3, args.db.connect_timeout).await?;
         let rest = collect::rest::KalshiRest::new(&args.rest.base_url, args.rest.policy())?;
         let has = |c| args.channels.contains(&c);
-        let options = collect::live::Options {
+        let mut options = collect::live::Options {
             ws_url: args.ws_url.clone(),
             series: args.series.clone(),
             events: args.events.clone(),
@@ -145,8 +145,24 @@ async fn live(args: LiveArgs) -> Result<(), Error> {
             raw_log: args.raw_log.clone(),
             ..collect::live::Options::default()
         };
-        let report = collect::live::run(&pool, &rest, key.as_ref(), &options, shutdown).await?;
-        print!("{}", report.summary());
+        let (stop_health, health_stopped) = tokio::sync::oneshot::channel::<()>();
+        let health = match args.health_listen {
+            Some(addr) => {
+                let (reporter, served) = server::health_only(addr, async {
+                    let _ = health_stopped.await;
+                })
+                .await?;
+                options.health = Some(reporter);
+                Some(served)
+            }
+            None => None,
+        };
+        let report = collect::live::run(&pool, &rest, key.as_ref(), &options, shutdown).await;
+        let _ = stop_health.send(());
+        if let Some(served) = health {
+            served.await.map_err(|e| Error::Serve(e.to_string()))??;
+        }
+        print!("{}", report?.summary());
         Ok(())
     })
     .await

@@ -389,6 +389,10 @@ pub struct LiveArgs {
     /// `kalshi-replay import`.
     #[arg(long)]
     pub raw_log: Option<std::path::PathBuf>,
+    /// Serve grpc.health.v1 (with reflection) on this address, e.g. 127.0.0.1:50052: SERVING while subscribed
+    /// and writing, NOT_SERVING while reconnecting or while writes fail.
+    #[arg(long, env = "KALSHI_REPLAY_HEALTH_LISTEN")]
+    pub health_listen: Option<std::net::SocketAddr>,
 }
 
 /// An RFC 3339 time, e.g. 2025-11-01T00:00:00Z.

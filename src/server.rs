@@ -197,3 +197,30 @@ async fn watch_database(pool: Pool, reporter: HealthReporter, interval: Duration
         }
     }
 }
+
+/// A server of grpc.health.v1 alone (with reflection, for grpcurl) on `addr`, for a process that serves nothing
+/// else (`collect live`), until `shutdown`: its reporter, and the task serving it.
+pub async fn health_only(
+    addr: std::net::SocketAddr,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(HealthReporter, tokio::task::JoinHandle<Result<(), Error>>), Error> {
+    let listener = TcpListener::bind(addr).await.map_err(|e| Error::io(format!("listen on {addr}"), e))?;
+    let local = listener.local_addr().map_err(|e| Error::io("read listener address", e))?;
+    let (reporter, health) = tonic_health::server::health_reporter();
+    // not serving until the process says so
+    reporter.set_service_status("", ServingStatus::NotServing).await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1().map_err(|e| Error::Serve(e.to_string()))?;
+    let reflection_v1alpha = reflection().build_v1alpha().map_err(|e| Error::Serve(e.to_string()))?;
+    tracing::info!(%local, "serving grpc health");
+    let serving = Server::builder()
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown);
+    let served = tokio::spawn(async move { serving.await.map_err(|e| Error::Serve(e.to_string())) });
+    Ok((reporter, served))
+}

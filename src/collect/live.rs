@@ -31,6 +31,7 @@ use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
+use tonic_health::{ServingStatus, server::HealthReporter};
 use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest, http::HeaderValue};
 
 use super::auth::ApiKey;
@@ -99,6 +100,9 @@ pub struct Options {
     pub raw_log: Option<PathBuf>,
     /// The write core's limits.
     pub limits: Limits,
+    /// Health to report (grpc.health.v1, the empty service name): SERVING while a connection is subscribed and
+    /// the last write went in, NOT_SERVING otherwise.
+    pub health: Option<HealthReporter>,
 }
 
 impl Default for Options {
@@ -115,6 +119,7 @@ impl Default for Options {
             backoff: Duration::from_millis(500),
             raw_log: None,
             limits: Limits::default(),
+            health: None,
         }
     }
 }
@@ -167,6 +172,39 @@ impl Report {
     }
 }
 
+/// The recorder's health: connected and subscribed, and writing.
+#[derive(Debug)]
+struct Health {
+    reporter: Option<HealthReporter>,
+    /// (connected, writing)
+    state: std::sync::Mutex<(bool, bool)>,
+}
+
+impl Health {
+    async fn new(reporter: Option<HealthReporter>) -> Self {
+        let health = Self { reporter, state: std::sync::Mutex::new((false, true)) };
+        health.report().await;
+        health
+    }
+
+    async fn connected(&self, connected: bool) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).0 = connected;
+        self.report().await;
+    }
+
+    async fn writing(&self, writing: bool) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).1 = writing;
+        self.report().await;
+    }
+
+    async fn report(&self) {
+        let Some(reporter) = &self.reporter else { return };
+        let (connected, writing) = *self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let status = if connected && writing { ServingStatus::Serving } else { ServingStatus::NotServing };
+        reporter.set_service_status("", status).await;
+    }
+}
+
 /// Which markets are recorded.
 #[derive(Debug, Clone)]
 struct Selection {
@@ -215,8 +253,10 @@ pub async fn run(
     let markets = recorder.open_markets(&selection).await?;
     tracing::info!(markets = markets.len(), "collect live: recording");
     let (sender, receiver) = mpsc::channel(options.flush_messages.max(1) * 4);
-    let writer = recorder.run(receiver);
-    let reader = read(key, options, &selection, markets, sender, shutdown);
+    let health = Health::new(options.health.clone()).await;
+    let writer = recorder.run(receiver, &health);
+    let feed = Feed { options, selection: &selection, sender, health: &health };
+    let reader = read(key, feed, markets, shutdown);
     let (read_report, write_report) = tokio::join!(reader, writer);
     let (read_report, mut report) = (read_report?, write_report?);
     report.messages = read_report.messages;
@@ -235,6 +275,14 @@ struct Received {
     records: Vec<Record>,
 }
 
+/// What the reading side works with: the options, the selection, the writer's queue, the health to report.
+struct Feed<'a> {
+    options: &'a Options,
+    selection: &'a Selection,
+    sender: mpsc::Sender<Received>,
+    health: &'a Health,
+}
+
 /// How a connection ended.
 enum End {
     Shutdown,
@@ -244,12 +292,11 @@ enum End {
 /// The reading side: connections, subscriptions, seq checks, the selection; sends data messages to the writer.
 async fn read(
     key: Option<&ApiKey>,
-    options: &Options,
-    selection: &Selection,
+    feed: Feed<'_>,
     markets: BTreeSet<String>,
-    sender: mpsc::Sender<Received>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Report, Error> {
+    let (options, health) = (feed.options, feed.health);
     let mut report = Report::default();
     let mut shutdown = pin!(shutdown);
     let mut state = Session { markets, ..Session::default() };
@@ -263,7 +310,8 @@ async fn read(
             Ok(socket) => {
                 report.connections += 1;
                 let opened = Instant::now();
-                let end = state.run(socket, options, selection, &sender, &mut shutdown, &mut report).await?;
+                let end = state.run(socket, &feed, &mut shutdown, &mut report).await?;
+                health.connected(false).await;
                 if opened.elapsed() > MAX_BACKOFF {
                     pause = options.backoff;
                 }
@@ -344,12 +392,11 @@ impl Session {
     async fn run(
         &mut self,
         mut socket: Socket,
-        options: &Options,
-        selection: &Selection,
-        sender: &mpsc::Sender<Received>,
+        feed: &Feed<'_>,
         shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
         report: &mut Report,
     ) -> Result<End, Error> {
+        let (options, selection, sender, health) = (feed.options, feed.selection, &feed.sender, feed.health);
         self.pending.clear();
         self.book_sid = None;
         self.last_seq.clear();
@@ -386,6 +433,9 @@ impl Session {
                 tracing::warn!(message = %text.as_str(), "collect live: a message that is not JSON, skipped");
                 continue;
             };
+            if value.get("type").and_then(Value::as_str) == Some("subscribed") {
+                health.connected(true).await;
+            }
             let commands = self.control(&value, options, selection, report);
             for command in commands {
                 if let Err(e) = socket.send(command).await {
@@ -696,7 +746,7 @@ impl<'a> Recorder<'a> {
     }
 
     /// Takes messages until the reader is done, committing a batch by count or by age; the last batch at the end.
-    async fn run(mut self, mut receiver: mpsc::Receiver<Received>) -> Result<Report, Error> {
+    async fn run(mut self, mut receiver: mpsc::Receiver<Received>, health: &Health) -> Result<Report, Error> {
         let mut batch: Vec<Received> = Vec::new();
         let mut deadline: Option<tokio::time::Instant> = None;
         loop {
@@ -704,7 +754,7 @@ impl<'a> Recorder<'a> {
                 Some(at) => tokio::select! {
                     received = receiver.recv() => received,
                     () = tokio::time::sleep_until(at) => {
-                        self.flush(&mut batch).await?;
+                        self.flush(&mut batch, health).await?;
                         deadline = None;
                         continue;
                     }
@@ -717,11 +767,11 @@ impl<'a> Recorder<'a> {
             }
             batch.push(received);
             if batch.len() >= self.options.flush_messages {
-                self.flush(&mut batch).await?;
+                self.flush(&mut batch, health).await?;
                 deadline = None;
             }
         }
-        self.flush(&mut batch).await?;
+        self.flush(&mut batch, health).await?;
         if let Some(log) = self.log.take() {
             log.close()?;
         }
@@ -729,16 +779,22 @@ impl<'a> Recorder<'a> {
     }
 
     /// Commits `batch`, trying again after a failure of the database until it goes in.
-    async fn flush(&mut self, batch: &mut Vec<Received>) -> Result<(), Error> {
+    async fn flush(&mut self, batch: &mut Vec<Received>, health: &Health) -> Result<(), Error> {
         if batch.is_empty() {
             return Ok(());
         }
         let mut pause = self.options.backoff;
         for tries in 1.. {
             match self.write(batch).await {
-                Ok(()) => break,
+                Ok(()) => {
+                    if tries > 1 {
+                        health.writing(true).await;
+                    }
+                    break;
+                }
                 Err(e) if tries > WRITE_TRIES => return Err(e),
                 Err(e) => {
+                    health.writing(false).await;
                     self.report.write_retries += 1;
                     tracing::warn!(error = %e, pause_ms = pause.as_millis() as u64, messages = batch.len(), "collect live: a write failed, trying again");
                     tokio::time::sleep(pause).await;
