@@ -2,8 +2,10 @@
 //!
 //! - [`backfill`] — `collect backfill`: a selection's series, events, markets and trades from the REST API (live
 //!   and `/historical/` endpoints), resumable per trade walk ([`positions`]).
-//! - [`live`] — `collect live`: the WebSocket feed (trades, order books, lifecycle) recorded in small writes,
-//!   through reconnects and seq gaps, with an optional raw log that `import` reads back.
+//! - [`live`] — `collect live`: the WebSocket feed (trades, order books, lifecycle) recorded in small writes:
+//!   its options and selection, the reading side (connection, subscriptions, seq gaps, reconnects), the writing
+//!   side (batches, markets fetched from REST, retried commits), the raw log that `import` reads back, the
+//!   summary and health.
 //! - [`rest`] — the polite REST client: rate limit, timeouts, retries honouring Retry-After.
 //! - [`auth`] — Kalshi's API-key signatures (RSA-PSS) for the WebSocket handshake.
 
