@@ -6,6 +6,7 @@
 #![allow(dead_code, unreachable_pub)] // each test binary uses a different part
 
 pub mod kalshi_fake;
+pub mod kalshi_ws_fake;
 
 use std::{
     net::SocketAddr,
