@@ -391,11 +391,9 @@ async fn snapshots_and_deltas_rebuild_the_fake_books_with_consecutive_seqs() {
             let msg = &message["msg"];
             sub_cent += usize::from(micros(&msg["price_dollars"]) % 10_000 != 0);
             fractional += usize::from(centi(&msg["delta_fp"]) % 100 != 0);
-            let side = if msg["side"] == "yes" {
-                &view.books[msg["market_ticker"].as_str().expect("t")].yes
-            } else {
-                &view.books[msg["market_ticker"].as_str().expect("t")].no
-            };
+            let book = &view.books[msg["market_ticker"].as_str().expect("ticker")];
+            let side = if msg["side"] == "yes" { &book.yes } else { &book.no };
+            // a delta of minus the level's size removes it
             removed += usize::from(side.get(&micros(&msg["price_dollars"])) == Some(&-centi(&msg["delta_fp"])));
         }
         view.apply(&message);
@@ -509,17 +507,17 @@ async fn stall_after_goes_silent_with_the_connection_open() {
 #[tokio::test]
 async fn pings_come_at_the_interval_with_body_heartbeat() {
     let fake = fake(WsOptions { ping_interval: Duration::from_millis(100), ..WsOptions::default() }).await;
+    let started = Instant::now(); // before the handshake, so before the fake's first interval starts
     let mut client = Client::connect(&fake).await;
-    let started = Instant::now();
     assert_eq!(client.next(Duration::from_millis(1_050)).await.err(), Some(Ended::Silent));
     let pings = &client.pings;
-    assert!((9..=11).contains(&pings.len()), "{} pings in about 1 s", pings.len());
+    assert!((8..=10).contains(&pings.len()), "{} pings in about 1 s", pings.len());
     assert!(pings.iter().all(|(_, body)| body == b"heartbeat"));
     let first = pings[0].0 - started;
-    assert!(first >= Duration::from_millis(80), "the first ping after one interval: {first:?}");
+    assert!(first >= Duration::from_millis(100), "the first ping after one interval: {first:?}");
     for pair in pings.windows(2) {
         let gap = pair[1].0 - pair[0].0;
-        assert!(gap > Duration::from_millis(50) && gap < Duration::from_millis(200), "{gap:?}");
+        assert!(gap > Duration::from_millis(50) && gap < Duration::from_millis(300), "{gap:?}");
     }
 }
 
@@ -661,20 +659,38 @@ async fn every_data_message_converts_with_the_importer() {
     assert!(traded.iter().any(|t| t["market_ticker"] == "KXFAKEC-26JAN06-T50"));
 }
 
-#[tokio::test]
+/// At the bench's highest rate, the fake keeps to the schedule: each trade is written soon after its time, and
+/// sent_at records when.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trades_at_a_rate_record_when_each_was_sent() {
     let fake = fake(WsOptions::default()).await;
     let mut client = Client::connect(&fake).await;
     client.subscribe(json!({"channels": ["trade"]})).await;
+    let reader = tokio::spawn(async move {
+        let mut received = 0;
+        while received < 3_000 {
+            assert_eq!(client.message().await["type"], "trade");
+            received += 1;
+        }
+    });
     let started = Instant::now();
-    fake.emit_trades_at(2_000.0, 400).await;
+    fake.emit_trades_at(10_000.0, 3_000).await;
     let took = started.elapsed();
-    assert!(took >= Duration::from_millis(190) && took < Duration::from_secs(2), "400 trades at 2,000/s took {took:?}");
-    let received = client.drain().await;
-    assert_eq!(received.len(), 400);
+    assert!(took >= Duration::from_millis(290) && took < Duration::from_secs(3), "3,000 trades at 10,000/s: {took:?}");
+    reader.await.expect("every trade received");
     fake.wait_until_sent(TIMEOUT).await;
     let sent: Vec<Instant> =
         fake.trades().iter().map(|t| fake.sent_at(t["trade_id"].as_str().expect("id")).expect("sent")).collect();
     assert!(sent.windows(2).all(|w| w[0] <= w[1]));
-    assert!(sent[0] >= started && sent[399] - sent[0] >= Duration::from_millis(150));
+    let mut late: Vec<Duration> = sent
+        .iter()
+        .enumerate()
+        .map(|(i, &at)| at.saturating_duration_since(started + Duration::from_micros(100 * i as u64)))
+        .collect();
+    late.sort();
+    let (p50, p99) = (late[late.len() / 2], late[late.len() * 99 / 100]);
+    eprintln!("sent after its scheduled time: p50 {p50:?}, p99 {p99:?}, max {:?}", late[late.len() - 1]);
+    // a loose bound: the schedule is kept on an idle machine (p50 ~1.5 ms, the timer's), and it is the recorder's
+    // latency from sent_at that the bench measures, not the fake's lag
+    assert!(p50 < Duration::from_millis(100), "p50 {p50:?} behind the schedule");
 }

@@ -17,6 +17,23 @@
 //! takes the next seq like a delta. Responses (`subscribed`, `ok`, `unsubscribed`) never take one; `ok` and
 //! `unsubscribed` carry the sid's last seq.
 //!
+//! Commands (a reply carries the command's `id` unless it is 0 or absent):
+//! - `subscribe {channels, market_ticker | market_tickers}`: one `subscribed {channel, sid}` per channel, sids
+//!   numbered per connection from 1, then a snapshot per market of an orderbook_delta sid. Errors, nothing
+//!   subscribed: 2 no params, 3 no channels, 8 a channel other than trade, orderbook_delta, market_lifecycle_v2,
+//!   11 both ticker fields or a malformed one, 14 orderbook_delta without markets, 16 an unknown market (with
+//!   `market_ticker`), 6 a channel already subscribed on the connection for one of the markets (or for all).
+//!   trade without markets is every market; market_lifecycle_v2 is always every market (tickers ignored).
+//! - `unsubscribe {sids}`: one `unsubscribed {sid, seq}` per sid; 4 no sids, 7 an unknown sid (none removed).
+//! - `update_subscription {sid | sids: [one], market_ticker(s), action}`: `ok {sid, seq, msg: {market_tickers}}`
+//!   (the full list), then a snapshot of each market added; adding a market already there sends nothing more.
+//!   15 no action, 13 another action, 12 not exactly one sid, 7 unknown sid, 14 no markets, 16 unknown market,
+//!   11 a subscription to every market.
+//! - `list_subscriptions`: `ok` with `[{channel, sid}]`. Anything else: 5; a frame that is not a JSON object: 1.
+//!
+//! The data depend only on the seed and the calls made (markets, `emit`, lifecycle events), not on who listens:
+//! two fakes with the same seed and calls have the same books and trades (trade ids included; times are now).
+//!
 //! Every message to a connection goes through one queue, filled under the fake's lock: the reply to a command
 //! comes after every data message queued before the command was read, and a snapshot holds the book as it is
 //! between the deltas before it and those after it.
@@ -790,6 +807,7 @@ async fn connection(shared: Arc<Shared>, mut socket: WebSocket) {
     };
     let mut stopped = shared.stopped.clone();
     let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+    pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay); // late pings do not bunch up
     let mut data_written = 0u64;
     loop {
         tokio::select! {
