@@ -694,3 +694,35 @@ async fn trades_at_a_rate_record_when_each_was_sent() {
     // latency from sent_at that the bench measures, not the fake's lag
     assert!(p50 < Duration::from_millis(100), "p50 {p50:?} behind the schedule");
 }
+
+/// A drop while the client talks (pongs every 5 ms) still hands it every frame the fake counts as delivered: the
+/// recorder's tests compare what it stored with `delivered_trades()`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_connection_receives_every_frame_counted_as_delivered() {
+    let options = WsOptions { drop_after: Some(400), ping_interval: Duration::from_millis(5), ..WsOptions::default() };
+    let fake = fake(options).await;
+    for round in 1..=10 {
+        let mut client = Client::connect(&fake).await;
+        client.subscribe(json!({"channels": ["trade", "orderbook_delta"], "market_tickers": TICKERS})).await;
+        let before = fake.delivered_trades().len();
+        let emitter = async {
+            for _ in 0..20 {
+                fake.emit(50);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        };
+        let reader = async {
+            let mut trades = 0;
+            loop {
+                match client.next(TIMEOUT).await {
+                    Ok(message) => trades += usize::from(message["type"] == "trade"),
+                    Err(ended) => return (trades, ended),
+                }
+            }
+        };
+        let ((), (trades, ended)) = tokio::join!(emitter, reader);
+        assert_eq!(ended, Ended::Dropped, "round {round}");
+        assert_eq!(trades, fake.delivered_trades().len() - before, "round {round}");
+    }
+    assert_eq!(fake.drops_made(), 10);
+}

@@ -45,25 +45,25 @@ use std::{
     time::{Duration, Instant},
 };
 
-use axum::{
-    Router,
-    extract::{
-        State,
-        ws::{Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection},
-    },
-    http::{HeaderMap, StatusCode},
-    response::{IntoResponse, Response},
-    routing::get,
-};
 use base64::{Engine, engine::general_purpose::STANDARD};
 use chrono::{SecondsFormat, Utc};
+use futures_util::{SinkExt, StreamExt};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rsa::{PrivateKey, PublicKey, pkcs1::DecodeRsaPrivateKey, sha2::Sha256};
 use serde_json::{Map, Value, json};
 use tokio::{
-    net::TcpListener,
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
     sync::{mpsc, watch},
+};
+use tokio_tungstenite::{
+    WebSocketStream,
+    tungstenite::{
+        Message,
+        handshake::server::{ErrorResponse, Request, Response},
+        http::{HeaderMap, StatusCode},
+    },
 };
 
 /// The WebSocket's path, as on Kalshi's servers; it is also the path the handshake signs.
@@ -93,7 +93,8 @@ pub struct WsOptions {
     pub depth: usize,
     /// Ping frames (body "heartbeat") this often; Kalshi's is 10 s. A connection reads it when it opens.
     pub ping_interval: Duration,
-    /// A connection is dropped (no close frame) once it has written this many data messages.
+    /// A connection is dropped once it has written this many data messages: no close frame, the TCP ended (a FIN
+    /// after the last frame, so the client still reads every frame counted as delivered).
     pub drop_after: Option<u64>,
     /// Every n-th orderbook_delta of a sid is not sent; its seq is used up and the book still changes.
     pub skip_seq_every: Option<u64>,
@@ -157,20 +158,10 @@ impl KalshiWsFake {
             state.add_market(ticker.into());
         }
         let (stop, stopped) = watch::channel(false);
-        let shared =
-            Arc::new(Shared { key_id: options.key_id, key, state: Mutex::new(state), stopped: stopped.clone() });
-        let app = Router::new().route(WS_PATH, get(handshake)).with_state(shared.clone());
+        let shared = Arc::new(Shared { key_id: options.key_id, key, state: Mutex::new(state), stopped });
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the fake Kalshi WebSocket");
         let addr = listener.local_addr().expect("local address");
-        let mut until = stopped;
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = until.wait_for(|stop| *stop).await;
-                })
-                .await
-                .expect("the fake Kalshi WebSocket");
-        });
+        tokio::spawn(serve(listener, shared.clone()));
         Self { addr, shared, stop }
     }
 
@@ -754,22 +745,47 @@ fn count_fp(centi: i64) -> String {
     format!("{sign}{}.{:02}", centi.abs() / 100, centi.abs() % 100)
 }
 
-/// Checks the API-key headers before the upgrade: a 401 when missing or wrong.
-async fn handshake(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Response {
-    if let Err(reason) = authenticate(&shared, &headers) {
-        shared.lock().rejected += 1;
-        return (StatusCode::UNAUTHORIZED, reason).into_response();
+/// Accepts connections until the fake stops. The server is tokio-tungstenite's rather than axum's so that a
+/// dropped connection can be half-closed (see [`Fault::Drop`]).
+async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    let mut stopped = shared.stopped.clone();
+    loop {
+        let stream = tokio::select! {
+            () = until_stopped(&mut stopped) => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(_) => continue,
+            },
+        };
+        tokio::spawn(handshake(shared.clone(), stream));
     }
-    let upgrade = match upgrade {
-        Ok(upgrade) => upgrade,
-        Err(rejection) => return rejection.into_response(),
+}
+
+/// Checks the path and the API-key headers before the upgrade: a 401 when a header is missing or wrong.
+#[allow(clippy::result_large_err, reason = "the refusal's type is tungstenite's Callback's")]
+async fn handshake(shared: Arc<Shared>, stream: TcpStream) {
+    // frames go out as written, as a latency bench needs
+    let _ = stream.set_nodelay(true);
+    let check = |request: &Request, response: Response| {
+        let refuse = |status: StatusCode, reason: String| {
+            let mut refusal = ErrorResponse::new(Some(reason));
+            *refusal.status_mut() = status;
+            Err(refusal)
+        };
+        if request.uri().path() != WS_PATH {
+            return refuse(StatusCode::NOT_FOUND, format!("no WebSocket at {}", request.uri().path()));
+        }
+        match authenticate(&shared, request.headers()) {
+            Ok(()) => Ok(response),
+            Err(reason) => {
+                shared.lock().rejected += 1;
+                refuse(StatusCode::UNAUTHORIZED, reason)
+            }
+        }
     };
+    let Ok(socket) = tokio_tungstenite::accept_hdr_async(stream, check).await else { return };
     shared.lock().accepted += 1;
-    upgrade.on_upgrade(move |socket| connection(shared, socket))
+    connection(shared, socket).await;
 }
 
 fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result<(), String> {
@@ -796,7 +812,7 @@ fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result<(), String> {
 
 /// One connection: writes what is queued to it and pings, reads commands; ends when the client leaves, when a
 /// fault says so, or when the fake stops.
-async fn connection(shared: Arc<Shared>, mut socket: WebSocket) {
+async fn connection(shared: Arc<Shared>, mut socket: WebSocketStream<TcpStream>) {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let (id, ping_every) = {
         let mut state = shared.lock();
@@ -814,13 +830,16 @@ async fn connection(shared: Arc<Shared>, mut socket: WebSocket) {
             () = until_stopped(&mut stopped) => break,
             out = rx.recv() => {
                 let Some(Out { text, data, trade_id }) = out else { break };
-                if socket.send(Message::Text(text.into())).await.is_err() {
+                if socket.send(Message::text(text)).await.is_err() {
                     break;
                 }
                 data_written += u64::from(data);
                 match written(&shared, id, data.then_some(data_written), trade_id) {
                     Fault::None => {}
-                    Fault::Drop => return, // the socket goes without a close frame
+                    Fault::Drop => {
+                        half_close(socket.get_mut(), &mut stopped).await;
+                        return;
+                    }
                     Fault::Stall => {
                         // silent but open until the fake stops
                         until_stopped(&mut stopped).await;
@@ -833,7 +852,7 @@ async fn connection(shared: Arc<Shared>, mut socket: WebSocket) {
                     break;
                 }
             }
-            frame = socket.recv() => match frame {
+            frame = socket.next() => match frame {
                 Some(Ok(Message::Text(text))) => command(&mut shared.lock(), id, text.as_str()),
                 Some(Ok(Message::Binary(_))) => command(&mut shared.lock(), id, "<binary frame>"),
                 Some(Ok(Message::Close(_)) | Err(_)) | None => break,
@@ -848,8 +867,33 @@ async fn connection(shared: Arc<Shared>, mut socket: WebSocket) {
 #[derive(Debug, PartialEq, Eq)]
 enum Fault {
     None,
+    /// The connection ends without a close frame: a FIN after the last byte written, so that the client reads
+    /// every frame the fake counts as written and then the end of the stream. A plain close could be an RST
+    /// (when bytes of the client's are still unread, e.g. a pong), which discards what the client has not read.
     Drop,
+    /// Silent: no writes, no reads, the TCP open until the fake stops.
     Stall,
+}
+
+/// Ends the fake's side of `stream` after what was written, then reads and discards until the client closes its
+/// side (or the fake stops, or 30 s pass), so that the client gets everything and no RST.
+async fn half_close(stream: &mut TcpStream, stopped: &mut watch::Receiver<bool>) {
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let mut buffer = [0u8; 4096];
+    let discard = async {
+        while let Ok(n) = stream.read(&mut buffer).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    tokio::select! {
+        () = discard => {}
+        () = until_stopped(stopped) => {}
+        () = tokio::time::sleep(Duration::from_secs(30)) => {}
+    }
 }
 
 async fn until_stopped(stopped: &mut watch::Receiver<bool>) {
