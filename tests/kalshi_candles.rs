@@ -9,8 +9,9 @@ use std::{num::NonZeroU32, path::Path, time::Duration};
 
 use chrono::{DateTime, TimeZone, Utc};
 use common::{
-    TIMEOUT, TestApp, active_copies, collect, expected_hash, rss_kib, serve_binary, wait_until_no_copy,
+    TIMEOUT, TestApp, active_copies, collect, expected_hash,
     kalshi_fake::{FakeCandle, Faults, KalshiData, KalshiFake},
+    rss_kib, serve_binary, wait_until_no_copy,
 };
 use kalshi_replay::{
     collect::{
@@ -106,8 +107,12 @@ fn without_seq(candles: &[KalshiCandle]) -> Vec<KalshiCandle> {
 
 async fn import_file(app: &TestApp, path: &Path) -> Result<import::Report, Error> {
     let pool = app.db.database().pool(2, TIMEOUT).await.expect("pool");
-    let options =
-        import::Options { paths: vec![path.to_owned()], skip_bad: false, progress: ProgressMode::Off, limits: Limits::default() };
+    let options = import::Options {
+        paths: vec![path.to_owned()],
+        skip_bad: false,
+        progress: ProgressMode::Off,
+        limits: Limits::default(),
+    };
     import::run(&pool, &options).await
 }
 
@@ -165,7 +170,8 @@ async fn pages_of_every_shape_import_exactly_and_bad_fields_are_named() {
     assert_eq!(report.stored["kalshi_candles"].inserted, 4, "{report:?}");
     let mut client = ReplayServiceClient::new(app.channel().await);
     let (from, to) = (start(), start() + chrono::Duration::days(2));
-    let hourly = candles_of(&messages(&mut client, request(&["KXBTCD-26JAN0517-T100"], from, to, 60)).await.expect("hours"));
+    let hourly =
+        candles_of(&messages(&mut client, request(&["KXBTCD-26JAN0517-T100"], from, to, 60)).await.expect("hours"));
     let expected_first = KalshiCandle {
         market_ticker: "KXBTCD-26JAN0517-T100".into(),
         period_minutes: 60,
@@ -202,13 +208,17 @@ async fn pages_of_every_shape_import_exactly_and_bad_fields_are_named() {
         (0, 1_000_000, 101, 302_101),
         "the historical shape: an empty book side and fixed-point counts"
     );
-    let daily = candles_of(&messages(&mut client, request(&["KXBTCD-26JAN0517-T100"], from, to, 1440)).await.expect("days"));
+    let daily =
+        candles_of(&messages(&mut client, request(&["KXBTCD-26JAN0517-T100"], from, to, 1440)).await.expect("days"));
     assert_eq!(daily.len(), 1);
     assert_eq!(
         (daily[0].yes_bid_open_micros, daily[0].yes_ask_high_micros, daily[0].price_close_micros),
         (420_000, 1_000_000, Some(440_000))
     );
-    assert_eq!((daily[0].price_previous_micros, daily[0].volume_centi, daily[0].open_interest_centi), (None, 12_700, 302_100));
+    assert_eq!(
+        (daily[0].price_previous_micros, daily[0].volume_centi, daily[0].open_interest_centi),
+        (None, 12_700, 302_100)
+    );
 
     // importing the same pages again stores nothing
     let again = import_file(&app, dir.path()).await.expect("again");
@@ -223,14 +233,20 @@ async fn pages_of_every_shape_import_exactly_and_bad_fields_are_named() {
     let bare = r#"{"ticker": "T", "candlesticks": []}"#;
     assert!(error(bare).starts_with("period_interval: is required"), "{}", error(bare));
     let live = PAGES[0].1;
-    assert!(error(&live.replace("\"period_interval\": 60", "\"period_interval\": 5")).starts_with("period_interval: must be 1, 60 or 1440"));
+    assert!(
+        error(&live.replace("\"period_interval\": 60", "\"period_interval\": 5"))
+            .starts_with("period_interval: must be 1, 60 or 1440")
+    );
     assert_eq!(
         error(&live.replace("\"0.4385\"", "\"0.4385001\"")),
         "candlesticks[0].yes_bid.high_dollars: \"0.4385001\" has more than 6 decimals"
     );
     assert!(error(&live.replace("\"0.4385\"", "\"0.4385x\"")).starts_with("candlesticks[0].yes_bid.high_dollars: "));
     assert!(error(&live.replace("\"0.4310\"", "0.4310e0")).starts_with("candlesticks[0].price.open_dollars: "));
-    assert!(error(&live.replace("\"volume_fp\": \"0.00\"", "\"volume_fp\": \"0.001\"")).starts_with("candlesticks[1].volume_fp: "));
+    assert!(
+        error(&live.replace("\"volume_fp\": \"0.00\"", "\"volume_fp\": \"0.001\""))
+            .starts_with("candlesticks[1].volume_fp: ")
+    );
     assert_eq!(
         error(&live.replace("\"end_period_ts\": 1767578400,", "")),
         "candlesticks[1].end_period_ts: is required"
@@ -299,13 +315,7 @@ fn policy() -> Policy {
 }
 
 fn options(series: Vec<String>, candles: Vec<i32>) -> Options {
-    Options {
-        series,
-        concurrency: 3,
-        end: Some(start() + chrono::Duration::days(10)),
-        candles,
-        ..Default::default()
-    }
+    Options { series, concurrency: 3, end: Some(start() + chrono::Duration::days(10)), candles, ..Default::default() }
 }
 
 async fn backfill(app: &TestApp, fake: &KalshiFake, options: &Options) -> Result<Report, Error> {
@@ -414,7 +424,11 @@ async fn a_backfill_stopped_inside_a_candle_walk_goes_on_where_it_stopped() {
     assert!(stored_before < want.len(), "stopped before the end: {stored_before} of {}", want.len());
     let rest = backfill(&app, &fake, &selection).await.expect("the rest");
     assert!(rest.resumed > 0, "{rest:?}");
-    assert_eq!(rest.stored["kalshi_candles"].inserted as usize, want.len() - stored_before, "exactly the rest: {rest:?}");
+    assert_eq!(
+        rest.stored["kalshi_candles"].inserted as usize,
+        want.len() - stored_before,
+        "exactly the rest: {rest:?}"
+    );
     let mut client = ReplayServiceClient::new(app.channel().await);
     assert_eq!(streamed(&mut client, &series, 1).await, want);
 }
@@ -450,15 +464,13 @@ async fn streams_are_ordered_hashed_deterministic_and_resume_at_any_cut() {
     let app = many_candles(7, 3000).await;
     let mut client = ReplayServiceClient::new(app.channel().await);
     let (from, to) = (start(), start() + chrono::Duration::days(3));
-    let req = StreamKalshiCandlesRequest {
-        series_tickers: vec!["KXM".into()],
-        batch_size: 500,
-        ..request(&[], from, to, 1)
-    };
+    let req =
+        StreamKalshiCandlesRequest { series_tickers: vec!["KXM".into()], batch_size: 500, ..request(&[], from, to, 1) };
     let full = messages(&mut client, req.clone()).await.expect("full");
     let candles = candles_of(&full);
     assert_eq!(candles.len(), 7 * 3000);
-    let keys: Vec<(i64, &str)> = candles.iter().map(|c| (c.end_time.expect("end").seconds, c.market_ticker.as_str())).collect();
+    let keys: Vec<(i64, &str)> =
+        candles.iter().map(|c| (c.end_time.expect("end").seconds, c.market_ticker.as_str())).collect();
     assert!(keys.windows(2).all(|w| w[0] < w[1]), "strictly in (end time, ticker) order");
     let s = summary(&full);
     assert_eq!((s.item_count, s.content_hash.clone()), (candles.len() as i64, expected_hash(&candles)));
@@ -487,7 +499,12 @@ async fn streams_are_ordered_hashed_deterministic_and_resume_at_any_cut() {
     // the largest request the API allows: the widest batch over years, every market of the selection
     let widest = StreamKalshiCandlesRequest {
         batch_size: 16_384,
-        ..request(&[], Utc.with_ymd_and_hms(2021, 7, 1, 0, 0, 0).single().expect("t"), Utc.with_ymd_and_hms(2030, 1, 1, 0, 0, 0).single().expect("t"), 1)
+        ..request(
+            &[],
+            Utc.with_ymd_and_hms(2021, 7, 1, 0, 0, 0).single().expect("t"),
+            Utc.with_ymd_and_hms(2030, 1, 1, 0, 0, 0).single().expect("t"),
+            1,
+        )
     };
     let widest = StreamKalshiCandlesRequest { series_tickers: vec!["KXM".into()], ..widest };
     let wide = messages(&mut client, widest).await.expect("widest");
@@ -518,21 +535,40 @@ async fn every_bad_request_is_refused_with_its_field_or_names() {
     let mut client = ReplayServiceClient::new(app.channel().await);
     let (from, to) = (start(), start() + chrono::Duration::days(1));
     let good = request(&["KXM-1"], from, to, 60);
-    let refused = async |client: &mut Client, req: StreamKalshiCandlesRequest| {
-        messages(client, req).await.expect_err("refused")
-    };
+    let refused =
+        async |client: &mut Client, req: StreamKalshiCandlesRequest| messages(client, req).await.expect_err("refused");
     let cases: Vec<(StreamKalshiCandlesRequest, Code, &str)> = vec![
-        (StreamKalshiCandlesRequest { period_minutes: 5, ..good.clone() }, Code::InvalidArgument, "period_minutes: must be 1, 60 or 1440"),
+        (
+            StreamKalshiCandlesRequest { period_minutes: 5, ..good.clone() },
+            Code::InvalidArgument,
+            "period_minutes: must be 1, 60 or 1440",
+        ),
         (StreamKalshiCandlesRequest { period_minutes: 0, ..good.clone() }, Code::InvalidArgument, "period_minutes"),
-        (StreamKalshiCandlesRequest { layout: Layout::Arrow as i32, ..good.clone() }, Code::InvalidArgument, "layout: LAYOUT_ARROW is not offered"),
+        (
+            StreamKalshiCandlesRequest { layout: Layout::Arrow as i32, ..good.clone() },
+            Code::InvalidArgument,
+            "layout: LAYOUT_ARROW is not offered",
+        ),
         (StreamKalshiCandlesRequest { layout: 42, ..good.clone() }, Code::InvalidArgument, "layout: unknown value 42"),
         (request(&["KXM-1"], to, from, 60), Code::InvalidArgument, "end_time: must be after start_time"),
         (StreamKalshiCandlesRequest { end_time: None, ..good.clone() }, Code::InvalidArgument, "end_time: required"),
         (StreamKalshiCandlesRequest { batch_size: 20_000, ..good.clone() }, Code::InvalidArgument, "batch_size"),
-        (StreamKalshiCandlesRequest { resume_token: "xyz".into(), ..good.clone() }, Code::InvalidArgument, "resume_token"),
-        (StreamKalshiCandlesRequest { as_of_watermark: Some(1 << 40), ..good.clone() }, Code::InvalidArgument, "as_of_watermark"),
+        (
+            StreamKalshiCandlesRequest { resume_token: "xyz".into(), ..good.clone() },
+            Code::InvalidArgument,
+            "resume_token",
+        ),
+        (
+            StreamKalshiCandlesRequest { as_of_watermark: Some(1 << 40), ..good.clone() },
+            Code::InvalidArgument,
+            "as_of_watermark",
+        ),
         (request(&["KXNOSUCH", "KXM-1"], from, to, 60), Code::NotFound, "KXNOSUCH"),
-        (StreamKalshiCandlesRequest { series_tickers: vec!["KXNOSERIES".into()], ..good.clone() }, Code::NotFound, "KXNOSERIES"),
+        (
+            StreamKalshiCandlesRequest { series_tickers: vec!["KXNOSERIES".into()], ..good.clone() },
+            Code::NotFound,
+            "KXNOSERIES",
+        ),
     ];
     for (req, code, text) in cases {
         let status = refused(&mut client, req.clone()).await;
@@ -540,9 +576,10 @@ async fn every_bad_request_is_refused_with_its_field_or_names() {
         assert!(status.message().contains(text), "{text:?} in {:?}", status.message());
     }
     // a token of another request (another period), and of another stream kind, is refused
-    let hourly = messages(&mut client, StreamKalshiCandlesRequest { batch_size: 1, ..request(&["KXM-1"], from, to, 1) })
-        .await
-        .expect("minutes");
+    let hourly =
+        messages(&mut client, StreamKalshiCandlesRequest { batch_size: 1, ..request(&["KXM-1"], from, to, 1) })
+            .await
+            .expect("minutes");
     let token = hourly[0].resume_token.clone();
     assert!(!token.is_empty());
     let other = StreamKalshiCandlesRequest { resume_token: token.clone(), ..good.clone() };

@@ -531,9 +531,10 @@ fn parse_page(map: &Map<String, Value>, out: &mut Vec<Record>) -> Result<()> {
 /// carry `market_ticker` and `candlesticks` (the multi-market `/markets/candlesticks`).
 fn is_candle_page(map: &Map<String, Value>) -> bool {
     map.contains_key("candlesticks")
-        || map.get("markets").and_then(Value::as_array).is_some_and(|m| {
-            m.first().and_then(Value::as_object).is_some_and(|item| item.contains_key("candlesticks"))
-        })
+        || map
+            .get("markets")
+            .and_then(Value::as_array)
+            .is_some_and(|m| m.first().and_then(Value::as_object).is_some_and(|item| item.contains_key("candlesticks")))
 }
 
 /// Kalshi's candlestick pages do not say their period (it is the request's `period_interval`): the document

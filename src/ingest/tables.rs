@@ -330,11 +330,8 @@ impl Table {
 /// record the WebSocket before it fetches the markets) and read by their market ticker; the answer tells the
 /// client how many reference rows it still owes.
 pub(super) fn unreferenced_sql<'a>(tables: impl IntoIterator<Item = &'a Table>) -> Option<String> {
-    let staged: Vec<String> = tables
-        .into_iter()
-        .filter(|t| t.kind.fact())
-        .map(|t| format!("SELECT ticker FROM {}", t.staging()))
-        .collect();
+    let staged: Vec<String> =
+        tables.into_iter().filter(|t| t.kind.fact()).map(|t| format!("SELECT ticker FROM {}", t.staging())).collect();
     (!staged.is_empty()).then(|| {
         format!(
             "SELECT count(DISTINCT ticker) FROM ({}) s \

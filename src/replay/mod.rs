@@ -40,8 +40,7 @@ use crate::{
     limits::Limits,
     proto::{
         StreamCandlesRequest, StreamCandlesResponse, StreamKalshiCandlesRequest, StreamKalshiCandlesResponse,
-        StreamTradesRequest, StreamTradesResponse,
-        replay_service_server::ReplayService,
+        StreamTradesRequest, StreamTradesResponse, replay_service_server::ReplayService,
     },
     store::db::Pool,
     token::TokenKey,

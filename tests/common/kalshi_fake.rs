@@ -878,7 +878,12 @@ impl KalshiData {
             .map_or(i64::MAX, |m| time(text(m, "close_time")).timestamp());
         let quote = |mid: i64, delta: i64| (mid + delta).clamp(0, 1_000_000);
         let ohlc = |series: &[i64]| {
-            [series[0], *series.iter().max().expect("one"), *series.iter().min().expect("one"), series[series.len() - 1]]
+            [
+                series[0],
+                *series.iter().max().expect("one"),
+                *series.iter().min().expect("one"),
+                series[series.len() - 1],
+            ]
         };
         let mut out = Vec::new();
         let (mut previous, mut volume_so_far) = (None::<i64>, 0i64);
@@ -900,7 +905,14 @@ impl KalshiData {
                 end,
                 yes_bid: ohlc(&mids.iter().map(|m| quote(*m, -10_000)).collect::<Vec<_>>()),
                 yes_ask: ohlc(&mids.iter().map(|m| quote(*m, 10_000)).collect::<Vec<_>>()),
-                price: [Some(open), Some(high), Some(low), Some(close), Some((2 * notional + volume) / (2 * volume)), previous],
+                price: [
+                    Some(open),
+                    Some(high),
+                    Some(low),
+                    Some(close),
+                    Some((2 * notional + volume) / (2 * volume)),
+                    previous,
+                ],
                 volume_centi: volume,
                 open_interest_centi: volume_so_far / 3,
             });
