@@ -225,6 +225,18 @@ async fn pages_of_every_shape_import_exactly_and_bad_fields_are_named() {
     let stored = again.stored["kalshi_candles"];
     assert_eq!((stored.inserted, stored.updated, stored.skipped), (0, 0, 4), "{again:?}");
 
+    // the multi-market /markets/candlesticks shape: each market's candles under its market_ticker
+    let batch = r#"{"period_interval": 1440, "markets": [
+        {"market_ticker": "KXA-1", "candlesticks": [{"end_period_ts": 1767657600,
+          "yes_bid": {"open_dollars": "0.10", "low_dollars": "0.10", "high_dollars": "0.10", "close_dollars": "0.10"},
+          "yes_ask": {"open_dollars": "0.12", "low_dollars": "0.12", "high_dollars": "0.12", "close_dollars": "0.12"},
+          "price": {}, "volume_fp": "0.00", "open_interest_fp": "1.00"}]},
+        {"market_ticker": "KXA-2", "candlesticks": []}]}"#;
+    let records = kalshi::parse_document(&serde_json::from_str(batch).expect("json")).expect("batch");
+    let [kalshi::Record::KalshiCandle(one)] = records.as_slice() else { panic!("{records:?}") };
+    assert_eq!((one.market_ticker.as_str(), one.period_minutes, one.yes_ask_close_micros), ("KXA-1", 1440, 120_000));
+    assert_eq!((one.price_open_micros, one.open_interest_centi), (None, 100));
+
     // errors name the field's path; a bare Kalshi page (no period) is refused naming period_interval
     let error = |text: &str| match kalshi::parse_document(&serde_json::from_str(text).expect("json")) {
         Ok(records) => panic!("accepted: {records:?}"),

@@ -524,5 +524,11 @@ mod tests {
                 .contains("SELECT ticker FROM ingest_trades UNION ALL SELECT ticker FROM ingest_orderbook_deltas) s")
         );
         assert_eq!(unreferenced_sql([&MARKETS]), None);
+        let candles = KALSHI_CANDLES.store_sql();
+        assert!(candles.contains("SELECT DISTINCT ON (period_minutes, end_ts, ticker) * FROM ingest_kalshi_candles"));
+        assert!(candles.contains("ORDER BY t.ingest_seq DESC LIMIT 1"), "the newest version: {candles}");
+        assert!(candles.contains("WHERE same IS NOT TRUE"), "{candles}");
+        assert!(!candles.contains("t.ticker) IS NOT DISTINCT"), "the key is not compared: {candles}");
+        assert_eq!(KALSHI_CANDLES.copy_types().len(), KALSHI_CANDLES.columns.len() + 1, "with n");
     }
 }

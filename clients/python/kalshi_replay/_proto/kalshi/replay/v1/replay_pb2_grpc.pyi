@@ -128,6 +128,9 @@ class ReplayServiceStub:
 
     Not the same candle as StreamCandles: see README "Kalshi's candles".
 
+    Markets are selected as for the other streams: a market known only by its Kalshi candles (pages imported
+    without its market) is NOT_FOUND until its market is upserted or imported too (`collect backfill` stores both).
+
     The demo's generated data has no Kalshi candles, so there this example's stream is its summary alone; after a
     `collect backfill`, name a market it fetched.
     Example: grpcurl -plaintext -d '{"market_tickers": ["KXSYNAH-26JAN10-B730.75"], "start_time":
@@ -234,6 +237,9 @@ class ReplayServiceAsyncStub(ReplayServiceStub):
     rows layout is offered (no Arrow yet).
 
     Not the same candle as StreamCandles: see README "Kalshi's candles".
+
+    Markets are selected as for the other streams: a market known only by its Kalshi candles (pages imported
+    without its market) is NOT_FOUND until its market is upserted or imported too (`collect backfill` stores both).
 
     The demo's generated data has no Kalshi candles, so there this example's stream is its summary alone; after a
     `collect backfill`, name a market it fetched.
@@ -374,6 +380,9 @@ class ReplayServiceServicer(metaclass=_abc_1.ABCMeta):
         rows layout is offered (no Arrow yet).
 
         Not the same candle as StreamCandles: see README "Kalshi's candles".
+
+        Markets are selected as for the other streams: a market known only by its Kalshi candles (pages imported
+        without its market) is NOT_FOUND until its market is upserted or imported too (`collect backfill` stores both).
 
         The demo's generated data has no Kalshi candles, so there this example's stream is its summary alone; after a
         `collect backfill`, name a market it fetched.
