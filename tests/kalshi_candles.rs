@@ -401,6 +401,7 @@ async fn a_backfill_stores_exactly_the_fakes_candles_and_a_rerun_fetches_only_th
         "{fetched} requests for {walks} walks (first run: {windows}): {again:?}"
     );
     assert!(fetched < windows, "the re-run reads less than the first run");
+    eprintln!("candle requests: {windows} for the first run, {fetched} for the re-run of {walks} walks");
     assert_eq!(streamed(&mut client, &series, 1).await, fake_candles(fake.data(), 1));
 }
 
@@ -539,6 +540,28 @@ async fn streams_are_ordered_hashed_deterministic_and_resume_at_any_cut() {
     let pinned = messages(&mut client, pinned).await.expect("pinned");
     assert_eq!((candles_of(&pinned), summary(&pinned)), (candles, s));
     assert_eq!(candles_of(&messages(&mut client, req).await.expect("latest")).len(), 7 * 3000 + 1);
+}
+
+#[tokio::test]
+async fn the_largest_selection_names_ten_thousand_markets() {
+    // MAX_TICKERS market tickers by name, each with two candles, in two batches of the largest size
+    let app = many_candles(10_000, 2).await;
+    let mut client = ReplayServiceClient::new(app.channel().await);
+    let names: Vec<String> = (1..=10_000).map(|m| format!("KXM-{m}")).collect();
+    let req = StreamKalshiCandlesRequest {
+        market_tickers: names,
+        batch_size: 16_384,
+        ..request(&[], start(), start() + chrono::Duration::days(1), 1)
+    };
+    let all = messages(&mut client, req.clone()).await.expect("all");
+    let candles = candles_of(&all);
+    assert_eq!(candles.len(), 20_000);
+    assert_eq!(all.len(), 3, "two batches and the summary");
+    assert_eq!(summary(&all).content_hash, expected_hash(&candles));
+    let too_many = StreamKalshiCandlesRequest { market_tickers: vec!["KXM-1".into(); 10_001], ..req };
+    let status = messages(&mut client, too_many).await.expect_err("one ticker too many");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("market_tickers: at most 10000"), "{status:?}");
 }
 
 #[tokio::test]
