@@ -504,6 +504,17 @@ async fn streams_are_ordered_hashed_deterministic_and_resume_at_any_cut() {
         assert_eq!(summary(&rest), s);
     }
 
+    // the Rust client's stream: the same candles, its summary check passed
+    use prost::Message;
+    let rust = kalshi_replay_client::Client::connect(app.addr.to_string()).await.expect("connect");
+    let as_client = kalshi_replay_client::proto::StreamKalshiCandlesRequest::decode(req.encode_to_vec().as_slice());
+    let through_client: Vec<kalshi_replay_client::proto::KalshiCandle> =
+        futures_util::TryStreamExt::try_collect(rust.kalshi_candles(as_client.expect("the same message")))
+            .await
+            .expect("client");
+    let through_client: Vec<Vec<u8>> = through_client.iter().map(Message::encode_to_vec).collect();
+    assert_eq!(through_client, candles.iter().map(Message::encode_to_vec).collect::<Vec<_>>());
+
     // one market, read through its own index: the same candles as the series' of that market
     let one = messages(&mut client, request(&["KXM-3"], from, to, 1)).await.expect("one");
     let of_three: Vec<KalshiCandle> = candles.iter().filter(|c| c.market_ticker == "KXM-3").cloned().collect();
