@@ -299,7 +299,13 @@ pub struct BackfillArgs {
     /// Kalshi's candlesticks to fetch for every market, by period in minutes: any of 1, 60, 1440, comma-separated;
     /// `none` for none. The default leaves out 1-minute candles: a month-long market has 43,200 of them (9
     /// requests of 5,000 candles each, against 1 for its hours and days), most of them empty.
-    #[arg(long, value_delimiter = ',', value_parser = parse_period, default_value = "60,1440")]
+    #[arg(
+        long,
+        env = "KALSHI_REPLAY_CANDLES",
+        value_delimiter = ',',
+        value_parser = parse_period,
+        default_value = "60,1440"
+    )]
     pub candles: Vec<Option<i32>>,
     /// Requests per second to Kalshi, all together (Kalshi's basic tier allows 20 reads a second).
     #[arg(long, env = "KALSHI_REPLAY_RATE", default_value_t = std::num::NonZeroU32::new(20).expect("20"))]
