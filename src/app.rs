@@ -105,6 +105,12 @@ async fn backfill(args: BackfillArgs) -> Result<(), Error> {
             limits: crate::limits::Limits::default(),
             progress: args.progress,
             rows_per_write: collect::backfill::ROWS_PER_WRITE,
+            candles: {
+                let mut periods: Vec<i32> = args.candles.iter().flatten().copied().collect();
+                periods.sort_unstable();
+                periods.dedup();
+                periods
+            },
         };
         let report = collect::backfill::run(&pool, &rest, &options).await?;
         print!("{}", report.summary());

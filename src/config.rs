@@ -261,7 +261,8 @@ pub struct CollectArgs {
 /// The ways `collect` fetches.
 #[derive(Debug, Clone, Subcommand)]
 pub enum CollectMode {
-    /// Everything Kalshi's REST API still serves for a selection: series, events, markets, settlements, trades.
+    /// Everything Kalshi's REST API still serves for a selection: series, events, markets, settlements, trades,
+    /// Kalshi's candlesticks.
     Backfill(BackfillArgs),
     /// Kalshi's WebSocket feed as it happens: trades, order books, lifecycle events, until SIGINT or SIGTERM.
     Live(LiveArgs),
@@ -326,6 +327,17 @@ pub struct BackfillArgs {
     /// Trades before this time (RFC 3339); default: now.
     #[arg(long, value_parser = parse_time)]
     pub end: Option<chrono::DateTime<chrono::Utc>>,
+    /// Kalshi's candlesticks to fetch for every market, by period in minutes: any of 1, 60, 1440, comma-separated;
+    /// `none` for none. The default leaves out 1-minute candles: a month-long market has 43,200 of them (9
+    /// requests of 5,000 candles each, against 1 for its hours and days), most of them empty.
+    #[arg(
+        long,
+        env = "KALSHI_REPLAY_CANDLES",
+        value_delimiter = ',',
+        value_parser = parse_period,
+        default_value = "60,1440"
+    )]
+    pub candles: Vec<Option<i32>>,
     /// Markets whose trades are fetched at once.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub concurrency: u16,
@@ -393,6 +405,17 @@ pub struct LiveArgs {
     /// and writing, NOT_SERVING while reconnecting or while writes fail.
     #[arg(long, env = "KALSHI_REPLAY_HEALTH_LISTEN")]
     pub health_listen: Option<std::net::SocketAddr>,
+}
+
+/// A candle period of --candles: 1, 60 or 1440 minutes, or `none`.
+fn parse_period(text: &str) -> Result<Option<i32>, String> {
+    match text.trim() {
+        "1" => Ok(Some(1)),
+        "60" => Ok(Some(60)),
+        "1440" => Ok(Some(1440)),
+        "none" | "" => Ok(None),
+        other => Err(format!("{other:?} is not a candle period: 1, 60 or 1440 (minutes), or none")),
+    }
 }
 
 /// An RFC 3339 time, e.g. 2025-11-01T00:00:00Z.

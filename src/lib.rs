@@ -22,16 +22,18 @@
 //!   positions, [`replay::snapshot`] transaction and ordered COPY, [`replay::runner`] admission, channel,
 //!   cancellation, idle and drain ends, [`replay::sql`] bound values, [`replay::hash`], [`replay::arrow`] the
 //!   Arrow schemas and IPC stream of LAYOUT_ARROW) and one module per stream body: [`replay::trades`],
-//!   [`replay::candles`] (folded by [`replay::ohlcv`], read from the write-time [`replay::aggregates`]).
+//!   [`replay::candles`] (folded by [`replay::ohlcv`], read from the write-time [`replay::aggregates`]),
+//!   [`replay::kalshi_candles`] (Kalshi's own candles as the collector stored them, newest version per key).
 //! - [`ingest`] — IngestService over the write core: [`ingest::validate`] every item into its table's row,
 //!   [`ingest::tables`] (columns, keys, the generated SQL), [`ingest::write`] (staging by binary COPY, one
 //!   all-or-nothing commit).
 //! - [`import`] — `import`: files and directories, gzip/zstd, JSON documents and lines, one write per file;
 //!   [`import::kalshi`] converts Kalshi's REST and WebSocket JSON exactly.
-//! - [`collect`] — `collect backfill`: Kalshi's REST pages walked ([`collect::backfill`]) through the importer's
-//!   conversion and the write core, resumable per trade walk ([`collect::positions`]), by a rate-limited,
-//!   retrying client ([`collect::rest`]); `collect live` ([`collect::live`]): the WebSocket feed in small writes,
-//!   through reconnects and seq gaps, the handshake signed with the user's key ([`collect::auth`]).
+//! - [`collect`] — `collect backfill`: Kalshi's REST pages walked ([`collect::backfill`]: the hierarchy, each
+//!   market's trades and candlesticks) through the importer's conversion and the write core, resumable per walk
+//!   ([`collect::positions`]), by a rate-limited, retrying client ([`collect::rest`]); `collect live`
+//!   ([`collect::live`]): the WebSocket feed in small writes, through reconnects and seq gaps, the handshake
+//!   signed with the user's key ([`collect::auth`]).
 //!
 //! Storage:
 //! - [`store`] — [`store::db`] (where the database is, connections, the pool and its cancel-safe sections),

@@ -36,6 +36,8 @@ pub enum Kind {
     Trades = 5,
     /// StreamCandles resumptions.
     Candles = 6,
+    /// StreamKalshiCandles resumptions.
+    KalshiCandles = 7,
 }
 
 /// The key that signs every token, read once at server start from the database's `token_key` row (migration

@@ -52,6 +52,8 @@ fn options(series: Vec<String>) -> Options {
         concurrency: 3,
         end: Some(start() + chrono::Duration::days(10)),
         limits: Limits::default(),
+        // the trade walks' requests and resumption; Kalshi's candles are tests/kalshi_candles.rs's
+        candles: Vec::new(),
         ..Default::default()
     }
 }

@@ -389,6 +389,24 @@ const EXPECTATIONS: &[Expectation] = &[
         &[Count("/*/candles/candles/*", Sql(CANDLES_AA)), Count("/*/candles/candles/*", AtLeast(2))],
     ),
     expect(
+        "replay.proto",
+        &["StreamKalshiCandles"],
+        On::Data,
+        &[
+            Count("/*/candles/candles/*", Is("0")),
+            Eq("/0/summary/watermark", Sql("SELECT watermark FROM data_version")),
+        ],
+    ),
+    expect(
+        README,
+        &["StreamKalshiCandles"],
+        On::Data,
+        &[
+            Count("/*/candles/candles/*", Is("0")),
+            Eq("/0/summary/watermark", Sql("SELECT watermark FROM data_version")),
+        ],
+    ),
+    expect(
         "ingest.proto",
         &["IngestTrades"],
         On::Fresh,

@@ -117,7 +117,8 @@ async fn partitions_of(client: &Client, table: &str) -> Vec<(String, DateTime<Ut
     rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect()
 }
 
-const FACT_TABLES: [&str; 4] = ["trades", "orderbook_deltas", "orderbook_snapshots", "market_lifecycle"];
+const FACT_TABLES: [&str; 5] =
+    ["trades", "orderbook_deltas", "orderbook_snapshots", "market_lifecycle", "kalshi_candles"];
 
 #[tokio::test]
 async fn partitions_are_exactly_the_utc_days_of_a_range_across_a_month_end() {
@@ -129,7 +130,7 @@ async fn partitions_are_exactly_the_utc_days_of_a_range_across_a_month_end() {
     let created = partitions::ensure_range(&client, at("2026-01-30T13:00:00Z"), at("2026-02-02T00:00:00Z"))
         .await
         .expect("ensure");
-    assert_eq!(created, 3 * 4, "three days for each of four tables");
+    assert_eq!(created, 3 * 5, "three days for each of five tables");
     for table in FACT_TABLES {
         let expected = vec![
             (format!("{table}_p20260130"), at("2026-01-30T00:00:00Z"), at("2026-01-31T00:00:00Z")),
@@ -143,7 +144,7 @@ async fn partitions_are_exactly_the_utc_days_of_a_range_across_a_month_end() {
     let again = partitions::ensure_range(&client, at("2026-01-30T00:00:00Z"), at("2026-02-02T00:00:00Z")).await;
     assert_eq!(again.expect("again"), 0);
     let overlap = partitions::ensure_range(&client, at("2026-02-01T23:59:59Z"), at("2026-02-02T00:00:00.000001Z"));
-    assert_eq!(overlap.await.expect("overlap"), 4, "just 2026-02-02 for each table");
+    assert_eq!(overlap.await.expect("overlap"), 5, "just 2026-02-02 for each table");
 
     // empty and inverted ranges create nothing
     let t = at("2026-03-01T00:00:00Z");
@@ -158,7 +159,7 @@ async fn rows_land_in_their_utc_day_and_concurrent_creators_do_not_collide() {
     let (a, b) = (db.client().await, db.client().await);
     let (from, to) = (at("2026-06-29T12:00:00Z"), at("2026-07-03T00:00:00Z"));
     let (ra, rb) = tokio::join!(partitions::ensure_range(&a, from, to), partitions::ensure_range(&b, from, to));
-    assert_eq!(ra.expect("a") + rb.expect("b"), 4 * 4);
+    assert_eq!(ra.expect("a") + rb.expect("b"), 4 * 5);
 
     a.execute(
         "INSERT INTO trades (ts, ticker, trade_id, yes_price_micros, count_centi, taker_side)
@@ -191,7 +192,7 @@ async fn partitions_ahead_cover_today_and_the_next_days() {
     let db = TestDb::migrated().await;
     let client = db.client().await;
     let now = at("2026-12-31T18:30:00Z");
-    assert_eq!(partitions::ensure_ahead(&client, now, 2).await.expect("ahead"), 3 * 4);
+    assert_eq!(partitions::ensure_ahead(&client, now, 2).await.expect("ahead"), 3 * 5);
     let names: Vec<String> = partitions_of(&client, "trades").await.into_iter().map(|p| p.0).collect();
     assert_eq!(names, ["trades_p20261231", "trades_p20270101", "trades_p20270102"]);
 }

@@ -8,6 +8,13 @@
 //!   `/historical/cutoff`'s `trades_created_ts` and from `/markets/trades` for the rest, at the largest page size.
 //! - Each trade walk is resumable ([`positions`]): a page's rows and the cursor of the next page commit in one
 //!   transaction, and a finished walk records the time it covered, so the next run asks only for later trades.
+//! - Then Kalshi's candlesticks of every market, for each period of [`Options::candles`]: from
+//!   `/historical/markets/{t}/candlesticks` for a market listed by `/historical/markets` (archived before the
+//!   cutoff), from `/series/{s}/markets/{t}/candlesticks` for the others. A walk per market and period asks for
+//!   windows of at most [`MAX_CANDLES`] periods (start_ts and end_ts, both inclusive at Kalshi), one write each
+//!   with the walk's position (the next window's start_ts, as its cursor). A finished walk records the end of the
+//!   last period that had ended when it ran: the next run starts there, so it fetches that candle and the one
+//!   that was still open again (Kalshi revises an open candle; the table keeps the newest version), and no other.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -33,6 +40,14 @@ use crate::{
 /// Kalshi's largest page sizes: events 200, markets and trades 1,000.
 const EVENTS_PAGE: usize = 200;
 const PAGE: usize = 1000;
+
+/// The most candles one candlesticks request may span: Kalshi answers 400 beyond 5,000 periods between start_ts
+/// and end_ts (its documentation; spec 3.13 states only the 10,000 of the multi-market /markets/candlesticks).
+pub const MAX_CANDLES: i64 = 5000;
+
+/// The default of [`Options::candles`]: hours and days. A minute's candles of a month-long market are 43,200 rows
+/// and 9 requests, for periods that mostly have no trade; ask for them with `--candles 1,60,1440`.
+pub const DEFAULT_CANDLES: [i32; 2] = [60, 1440];
 
 /// What to backfill.
 #[derive(Debug, Clone)]
@@ -60,6 +75,8 @@ pub struct Options {
     /// A trade walk's pages commit together (with the walk's position) once they hold this many rows, and at
     /// the walk's end.
     pub rows_per_write: usize,
+    /// Kalshi's candlesticks fetched for every market, by period in minutes (1, 60, 1440); empty for none.
+    pub candles: Vec<i32>,
 }
 
 impl Default for Options {
@@ -76,6 +93,7 @@ impl Default for Options {
             limits: Limits::default(),
             progress: ProgressMode::Auto,
             rows_per_write: ROWS_PER_WRITE,
+            candles: DEFAULT_CANDLES.to_vec(),
         }
     }
 }
@@ -127,7 +145,13 @@ impl Report {
 #[derive(Debug, Clone)]
 struct MarketRef {
     ticker: String,
+    /// Its series, for the live candlesticks' path: `series_ticker`, else the event ticker up to its first `-`
+    /// (as the importer reads it).
+    series: String,
     open_time: Option<DateTime<Utc>>,
+    close_time: Option<DateTime<Utc>>,
+    /// Listed by /historical/markets: its candles are only at /historical/markets/{ticker}/candlesticks.
+    archived: bool,
 }
 
 /// `/historical/cutoff`: where Kalshi's live data ends and its historical endpoints begin.
@@ -151,6 +175,9 @@ pub async fn run(pool: &Pool, rest: &KalshiRest, options: &Options) -> Result<Re
     futures_util::stream::iter(markets.iter().map(Ok))
         .try_for_each_concurrent(options.concurrency.max(1), async |market| {
             backfill.trades(market, cutoff, end).await?;
+            for &period in &options.candles {
+                backfill.candles(market, period, end).await?;
+            }
             let trades = trades_read(&*backfill.report.lock().await);
             let mut progress = progress.lock().unwrap_or_else(|p| p.into_inner());
             progress.1 += 1;
@@ -215,8 +242,10 @@ impl Backfill<'_> {
         }
         for m in &o.markets {
             let mut page = self.page(&format!("markets/{m}"), &[]).await?;
+            let mut archived = false;
             if page.is_null() {
                 page = self.page(&format!("historical/markets/{m}"), &[]).await?;
+                archived = true;
             }
             let Some(market) = page.get("market") else {
                 return Err(Error::NotFound { kind: "market ticker (at Kalshi)", names: vec![m.clone()] });
@@ -224,7 +253,7 @@ impl Backfill<'_> {
             if let Some(event) = text(market, "event_ticker") {
                 self.event_and_series(&event).await?;
             }
-            collect_markets(&serde_json::json!({ "markets": [market] }), &mut markets);
+            collect_markets(&serde_json::json!({ "markets": [market] }), archived, &mut markets);
         }
         let statuses = &o.statuses;
         Ok(markets
@@ -244,8 +273,9 @@ impl Backfill<'_> {
 
     /// Stores the markets of one filter (e.g. `series_ticker`), live and archived, and adds them to `markets`.
     async fn markets_of(&self, (key, value): (&str, &str), markets: &mut Markets) -> Result<(), Error> {
-        for source in ["markets", "historical/markets"] {
-            self.pages(source, &[(key, value.to_owned())], PAGE, |page| collect_markets(page, markets)).await?;
+        for (source, archived) in [("markets", false), ("historical/markets", true)] {
+            self.pages(source, &[(key, value.to_owned())], PAGE, |page| collect_markets(page, archived, markets))
+                .await?;
         }
         Ok(())
     }
@@ -402,6 +432,81 @@ impl Backfill<'_> {
     }
 }
 
+impl Backfill<'_> {
+    /// One candle walk: the candles of `market` for `period` minutes, in windows of at most [`MAX_CANDLES`]
+    /// periods, from the stored window if a run stopped inside the walk, else from the end of the last period a
+    /// finished walk covered (or `start`, or the market's open time), to the period open at `end` (or at its
+    /// close, when earlier).
+    async fn candles(&self, market: &MarketRef, period: i32, end: DateTime<Utc>) -> Result<(), Error> {
+        let ticker = &market.ticker;
+        let source = if market.archived {
+            format!("historical/markets/{ticker}/candlesticks")
+        } else {
+            format!("series/{}/markets/{ticker}/candlesticks", market.series)
+        };
+        let name = format!("candles {period} {ticker}");
+        let step = i64::from(period) * 60;
+        let to = market.close_time.map_or(end, |close| close.min(end)).timestamp();
+        // the end of the last period that had ended at `to`; the next run begins there
+        let covered = to.div_euclid(step) * step;
+        let time = |seconds: i64| DateTime::<Utc>::from_timestamp(seconds, 0);
+        let mut walk = match positions::load(self.pool, &name).await? {
+            Some(walk) if !walk.cursor.is_empty() => {
+                self.report.lock().await.resumed += 1;
+                walk
+            }
+            stored => {
+                let through = stored.and_then(|w| w.through);
+                let from = match (through, self.options.start) {
+                    (Some(t), Some(s)) => Some(t.max(s)),
+                    (Some(t), None) => Some(t),
+                    (None, s) => s.or(market.open_time),
+                }
+                .unwrap_or(self.options.limits.earliest_fact);
+                if from.timestamp() > covered {
+                    return Ok(());
+                }
+                // a walk from the market's beginning (no --start, nothing stored) has no lower bound: its end is
+                // then all the walk covered (see positions::save)
+                let min = (through.is_some() || self.options.start.is_some()).then_some(from);
+                Walk { cursor: from.timestamp().to_string(), min, max: time(covered), through }
+            }
+        };
+        // the candle still open at `to` ends after `covered`: the last window reaches it
+        let last = walk.max.map_or(covered, |m| m.timestamp()) + step;
+        loop {
+            let start_ts: i64 = walk.cursor.parse().map_err(|_| Error::Kalshi {
+                url: source.clone(),
+                reason: format!("stored position {:?} of walk {name:?} is not a unix time", walk.cursor),
+            })?;
+            // MAX_CANDLES period ends at most in [start_ts, end_ts], both inclusive
+            let end_ts = (start_ts + (MAX_CANDLES - 1) * step).min(last);
+            let query = [
+                ("start_ts", start_ts.to_string()),
+                ("end_ts", end_ts.to_string()),
+                ("period_interval", period.to_string()),
+            ];
+            // a 404 (a market Kalshi does not serve here) ends the walk like an empty window
+            let mut page = self.rest.get(&source, &query).await?.unwrap_or_else(|| serde_json::json!({}));
+            if let Some(fields) = page.as_object_mut() {
+                // Kalshi's page does not carry its period: the importer needs it (see import::kalshi)
+                fields.insert("period_interval".into(), period.into());
+                fields.entry("ticker").or_insert_with(|| ticker.as_str().into());
+                fields.entry("candlesticks").or_insert_with(|| serde_json::json!([]));
+            }
+            walk.cursor = if end_ts >= last { String::new() } else { (end_ts + 1).to_string() };
+            let mut write = PendingWrite::new(self.pool, self.options.limits.max_rows_per_write);
+            let mut buffers = TableBuffers::default();
+            self.add(&source, &page, &mut write, &mut buffers).await?;
+            positions::save(&mut write, &name, &walk);
+            self.commit(write, buffers, 1).await?;
+            if walk.cursor.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+}
+
 /// The items of a page's `key` array.
 fn items<'v>(page: &'v Value, key: &str) -> impl Iterator<Item = &'v Value> {
     page.get(key).and_then(Value::as_array).into_iter().flatten()
@@ -419,13 +524,23 @@ fn next_cursor(page: &Value) -> String {
 /// The markets to walk by ticker, with their status.
 type Markets = BTreeMap<String, (MarketRef, Option<String>)>;
 
-/// Adds the markets of a `markets` page (with their status) to `out`.
-fn collect_markets(page: &Value, out: &mut Markets) {
+/// Adds the markets of a `markets` page (with their status) to `out`; `archived` for /historical/markets.
+fn collect_markets(page: &Value, archived: bool, out: &mut Markets) {
+    let time = |market: &Value, key: &str| {
+        text(market, key).and_then(|t| DateTime::parse_from_rfc3339(&t).ok()).map(|t| t.with_timezone(&Utc))
+    };
     for market in items(page, "markets") {
         let Some(ticker) = text(market, "ticker") else { continue };
-        let open_time = text(market, "open_time")
-            .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
-            .map(|t| t.with_timezone(&Utc));
-        out.insert(ticker.clone(), (MarketRef { ticker, open_time }, text(market, "status")));
+        let event = text(market, "event_ticker").unwrap_or_default();
+        let series = text(market, "series_ticker")
+            .unwrap_or_else(|| event.split_once('-').map_or(event.as_str(), |(series, _)| series).to_owned());
+        let market_ref = MarketRef {
+            ticker: ticker.clone(),
+            series,
+            open_time: time(market, "open_time"),
+            close_time: time(market, "close_time"),
+            archived,
+        };
+        out.insert(ticker, (market_ref, text(market, "status")));
     }
 }

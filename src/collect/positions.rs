@@ -1,5 +1,7 @@
-//! Where each trade walk of a backfill stands (table `collect_positions`, migration 0009): saved in the same
-//! transaction as the page whose rows it follows, so a killed backfill goes on from the next page.
+//! Where each walk of a backfill (a market's trades, or its candles of one period) stands (table
+//! `collect_positions`, migration 0009): saved in the same transaction as the page whose rows it follows, so a
+//! killed backfill goes on from the next page. A candle walk keeps the next window's `start_ts` (unix seconds) as
+//! its cursor.
 
 use chrono::{DateTime, Utc};
 

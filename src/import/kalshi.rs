@@ -1,5 +1,5 @@
 //! Kalshi's own JSON converted into this crate's messages, for the importer: REST pages (trades, markets, events,
-//! series, and their /historical twins) and WebSocket log lines (one `{type, sid, seq, msg}` envelope per line
+//! series, candlesticks, and their /historical twins) and WebSocket log lines (one `{type, sid, seq, msg}` envelope per line
 //! with the time it was received).
 //!
 //! This module converts shapes and units only. It never loses precision and fails loudly on anything it cannot
@@ -38,6 +38,17 @@
 //!   `fill`, `subscribed`, `ok`, `error`, `event_lifecycle`, ...) are [`Record::Ignored`]. A lifecycle
 //!   `deactivated` with `is_deactivated: false` is an activation.
 //! - Book levels are sorted ascending by price; a price twice on one side is refused.
+//! - Candlesticks ([`Record::KalshiCandle`]): a page `{"ticker", "candlesticks": [..]}` of
+//!   `/series/{s}/markets/{t}/candlesticks` or `/historical/markets/{t}/candlesticks`, or the multi-market
+//!   `{"markets": [{"market_ticker", "candlesticks"}]}` of `/markets/candlesticks`. Kalshi's page does not carry
+//!   its period (it is the request's `period_interval`), and guessing it from the spacing of `end_period_ts` fails
+//!   for a single candle or one with gaps: the document must say it as a top-level `"period_interval": 1 | 60 |
+//!   1440` (the backfill adds it to each page it fetches; a bare page is refused naming `period_interval`). Live
+//!   candles name prices `open_dollars` .., counts `volume_fp`, `open_interest_fp`; historical ones `open` .. as
+//!   dollar strings and `volume`, `open_interest` as count strings; legacy ones the same bare keys as integer
+//!   cents and whole contracts (a string is dollars, an integer cents). Current and bare keys may both be given and
+//!   must then agree. `price` fields are null for a period without trades (kept unset, never 0); `min_dollars` and
+//!   `max_dollars` (event-level extras) are ignored.
 
 use std::collections::BTreeMap;
 
@@ -73,6 +84,8 @@ pub enum Record {
     Market(proto::Market),
     /// The settlement of a REST Market whose `result` is set; follows its Market.
     Settlement(proto::Settlement),
+    /// One of Kalshi's REST candlesticks, with the market and period of its page.
+    KalshiCandle(proto::KalshiCandle),
     /// A message kind the service does not store (e.g. WS "ticker", "fill", "subscribed", "ok", "error"): its type.
     Ignored(String),
 }
@@ -105,6 +118,7 @@ pub fn parse_document(value: &Value) -> std::result::Result<Vec<Record>, ParseEr
                 parse_item(item, format!("[{i}]"), &mut out)?;
             }
         }
+        Value::Object(map) if is_candle_page(map) => candle_page(&JsonObject::root(map), &mut out)?,
         Value::Object(map) if is_item(map) => parse_item(value, String::new(), &mut out)?,
         Value::Object(map) => parse_page(map, &mut out)?,
         _ => return Err(ParseError::new("json", "expected a JSON object or array")),
@@ -231,6 +245,28 @@ impl<'a> JsonObject<'a> {
 
     fn cents(&self, key: &str) -> Result<Option<i64>> {
         self.int(key)?.map(|n| self.exact(key, decimal::cents_to_micros(n))).transpose()
+    }
+
+    /// A bare price key of Kalshi's candles: a string is dollars (`/historical/` candles: `"open": "0.4200"`), a
+    /// JSON integer legacy cents (`"open": 42`); another number is refused, being neither.
+    fn dollars_or_cents(&self, key: &str) -> Result<Option<i64>> {
+        match self.get(key) {
+            Some(Value::String(_)) => self.dollars(key),
+            Some(Value::Number(n)) if n.as_i64().is_some() => self.cents(key),
+            Some(v) => Err(self.err(key, format!("must be a dollars string or integer cents, got {v}"))),
+            None => Ok(None),
+        }
+    }
+
+    /// A bare count key of Kalshi's candles: a string is a fixed-point count (`/historical/`), a JSON integer
+    /// legacy whole contracts.
+    fn count_or_contracts(&self, key: &str) -> Result<Option<i64>> {
+        match self.get(key) {
+            Some(Value::String(_)) => self.count(key),
+            Some(Value::Number(n)) if n.as_i64().is_some() => self.contracts(key),
+            Some(v) => Err(self.err(key, format!("must be a fixed-point count string or integer contracts, got {v}"))),
+            None => Ok(None),
+        }
     }
 
     fn contracts(&self, key: &str) -> Result<Option<i64>> {
@@ -489,6 +525,99 @@ fn parse_page(map: &Map<String, Value>, out: &mut Vec<Record>) -> Result<()> {
         out.push(Record::Trade(rest_trade(&JsonObject::new(item, path)?)?));
     }
     Ok(())
+}
+
+/// A page of Kalshi's candlesticks: `candlesticks` (one market's: `ticker` beside it), or `markets` whose items
+/// carry `market_ticker` and `candlesticks` (the multi-market `/markets/candlesticks`).
+fn is_candle_page(map: &Map<String, Value>) -> bool {
+    map.contains_key("candlesticks")
+        || map
+            .get("markets")
+            .and_then(Value::as_array)
+            .is_some_and(|m| m.first().and_then(Value::as_object).is_some_and(|item| item.contains_key("candlesticks")))
+}
+
+/// Kalshi's candlestick pages do not say their period (it is the request's `period_interval`): the document
+/// must, beside the candles. Guessing it from the spacing of `end_period_ts` fails for a page of one candle, or
+/// of candles with gaps (Kalshi skips periods without activity).
+fn candle_page(page: &JsonObject<'_>, out: &mut Vec<Record>) -> Result<()> {
+    let period = page.int("period_interval")?.ok_or_else(|| {
+        page.err(
+            "period_interval",
+            "is required: Kalshi's candlestick pages do not carry their period; add the request's period_interval \
+             (1, 60 or 1440) to the document, e.g. {\"ticker\": .., \"period_interval\": 60, \"candlesticks\": [..]}",
+        )
+    })?;
+    let period_minutes = match period {
+        1 | 60 | 1440 => period as i32,
+        other => return Err(page.err("period_interval", format!("must be 1, 60 or 1440, got {other}"))),
+    };
+    if page.has("candlesticks") {
+        let ticker = page.text("ticker")?;
+        for (path, item) in page.array("candlesticks")? {
+            out.push(Record::KalshiCandle(candle(&JsonObject::new(item, path)?, &ticker, period_minutes)?));
+        }
+    }
+    for (path, market) in page.array("markets")? {
+        let market = JsonObject::new(market, path)?;
+        let ticker = market.text("market_ticker")?;
+        for (path, item) in market.array("candlesticks")? {
+            out.push(Record::KalshiCandle(candle(&JsonObject::new(item, path)?, &ticker, period_minutes)?));
+        }
+    }
+    Ok(())
+}
+
+/// One candlestick, in any of Kalshi's shapes: live (`yes_bid.open_dollars`, `volume_fp`), `/historical/`
+/// (`yes_bid.open` as a dollars string, `volume` as a count string) or legacy (`yes_bid.open` in integer cents,
+/// `volume` in whole contracts). Where a current and a bare field are both given they must agree.
+fn candle(o: &JsonObject<'_>, ticker: &str, period_minutes: i32) -> Result<proto::KalshiCandle> {
+    let end = o.required("end_period_ts", o.unix_seconds("end_period_ts")?)?;
+    let field = |side: &JsonObject<'_>, name: &str| -> Result<Option<i64>> {
+        let current = format!("{name}_dollars");
+        side.either((&current, JsonObject::dollars), (name, JsonObject::dollars_or_cents))
+    };
+    let quotes = |key: &str| -> Result<[i64; 4]> {
+        let side = o.child(key)?;
+        let mut out = [0; 4];
+        for (slot, name) in out.iter_mut().zip(["open", "high", "low", "close"]) {
+            *slot = side.required(&format!("{name}_dollars"), field(&side, name)?)?;
+        }
+        Ok(out)
+    };
+    let [bid_open, bid_high, bid_low, bid_close] = quotes("yes_bid")?;
+    let [ask_open, ask_high, ask_low, ask_close] = quotes("yes_ask")?;
+    // every price field is nullable (no trade in the period), and so is the whole object in older pages
+    let price = match o.get("price") {
+        None => None,
+        Some(_) => Some(o.child("price")?),
+    };
+    let traded = |name: &str| price.as_ref().map_or(Ok(None), |p| field(p, name));
+    let volume = o.either(("volume_fp", JsonObject::count), ("volume", JsonObject::count_or_contracts))?;
+    let open_interest =
+        o.either(("open_interest_fp", JsonObject::count), ("open_interest", JsonObject::count_or_contracts))?;
+    Ok(proto::KalshiCandle {
+        market_ticker: ticker.to_owned(),
+        period_minutes,
+        end_time: Some(end),
+        yes_bid_open_micros: bid_open,
+        yes_bid_high_micros: bid_high,
+        yes_bid_low_micros: bid_low,
+        yes_bid_close_micros: bid_close,
+        yes_ask_open_micros: ask_open,
+        yes_ask_high_micros: ask_high,
+        yes_ask_low_micros: ask_low,
+        yes_ask_close_micros: ask_close,
+        price_open_micros: traded("open")?,
+        price_high_micros: traded("high")?,
+        price_low_micros: traded("low")?,
+        price_close_micros: traded("close")?,
+        price_mean_micros: traded("mean")?,
+        price_previous_micros: traded("previous")?,
+        volume_centi: o.required("volume_fp", volume)?,
+        open_interest_centi: o.required("open_interest_fp", open_interest)?,
+        ingest_seq: 0,
+    })
 }
 
 /// A REST Trade: `ticker`, `created_time`.

@@ -255,6 +255,7 @@ pub struct TableBuffers {
     events: RowBuffer<validate::EventRow>,
     markets: RowBuffer<validate::MarketRow>,
     settlements: RowBuffer<validate::SettlementRow>,
+    kalshi_candles: RowBuffer<validate::KalshiCandleRow>,
 }
 
 /// Where a record's validation error points: the bare kind (the file and line come first).
@@ -285,6 +286,9 @@ impl TableBuffers {
             Record::Settlement(s) => {
                 self.settlements.push(write, validate::settlement(at("settlement"), b, &s)?).await?
             }
+            Record::KalshiCandle(c) => {
+                self.kalshi_candles.push(write, validate::kalshi_candle(at("kalshi_candle"), b, &c)?).await?
+            }
             Record::Ignored(kind) => return Ok(Some(kind)),
         }
         Ok(None)
@@ -299,7 +303,8 @@ impl TableBuffers {
         self.series.finish(write).await?;
         self.events.finish(write).await?;
         self.markets.finish(write).await?;
-        self.settlements.finish(write).await
+        self.settlements.finish(write).await?;
+        self.kalshi_candles.finish(write).await
     }
 }
 

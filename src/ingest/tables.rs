@@ -5,7 +5,9 @@
 use chrono::NaiveDate;
 use tokio_postgres::types::{ToSql, Type};
 
-use super::validate::{DeltaRow, EventRow, LifecycleRow, MarketRow, SeriesRow, SettlementRow, SnapshotRow, TradeRow};
+use super::validate::{
+    DeltaRow, EventRow, KalshiCandleRow, LifecycleRow, MarketRow, SeriesRow, SettlementRow, SnapshotRow, TradeRow,
+};
 
 /// How a table's staged rows are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,6 +16,21 @@ pub(super) enum Kind {
     Fact,
     /// Reference rows: upsert, last writer wins on updated_at.
     Reference,
+    /// Facts that the source revises (Kalshi's candles): a row whose values differ from the newest stored version
+    /// of its key is stored as a new version (its own ingest_seq); an unchanged one is skipped.
+    Revised,
+}
+
+impl Kind {
+    /// Whether the table holds facts (partitioned, ingest_seq, the fact writers' lock).
+    pub(super) fn fact(self) -> bool {
+        matches!(self, Kind::Fact | Kind::Revised)
+    }
+
+    /// Whether staged rows carry their position in the write (`n`), so that the last sent of a key wins.
+    pub(super) fn numbered(self) -> bool {
+        matches!(self, Kind::Reference | Kind::Revised)
+    }
 }
 
 /// One staged column: its name, SQL type and binary COPY type.
@@ -114,6 +131,35 @@ const LIFECYCLE: Table = Table {
     ],
 };
 
+/// Kalshi's candles (migration 0010): versions of (period_minutes, end_ts, ticker), the newest wins.
+const KALSHI_CANDLES: Table = Table {
+    name: "kalshi_candles",
+    kind: Kind::Revised,
+    key: "period_minutes, end_ts, ticker",
+    unless: "",
+    columns: columns![
+        ("end_ts", "timestamptz", TS),
+        ("ticker", TEXT_C, Type::TEXT),
+        ("period_minutes", "smallint", Type::INT2),
+        ("yes_bid_open_micros", "bigint", Type::INT8),
+        ("yes_bid_low_micros", "bigint", Type::INT8),
+        ("yes_bid_high_micros", "bigint", Type::INT8),
+        ("yes_bid_close_micros", "bigint", Type::INT8),
+        ("yes_ask_open_micros", "bigint", Type::INT8),
+        ("yes_ask_low_micros", "bigint", Type::INT8),
+        ("yes_ask_high_micros", "bigint", Type::INT8),
+        ("yes_ask_close_micros", "bigint", Type::INT8),
+        ("price_open_micros", "bigint", Type::INT8),
+        ("price_low_micros", "bigint", Type::INT8),
+        ("price_high_micros", "bigint", Type::INT8),
+        ("price_close_micros", "bigint", Type::INT8),
+        ("price_mean_micros", "bigint", Type::INT8),
+        ("price_previous_micros", "bigint", Type::INT8),
+        ("volume_centi", "bigint", Type::INT8),
+        ("open_interest_centi", "bigint", Type::INT8),
+    ],
+};
+
 const SERIES: Table = Table {
     name: "series",
     kind: Kind::Reference,
@@ -206,7 +252,7 @@ impl Table {
 
     /// The staging table: the columns, plus a reference row's position in the request (`n`, for ties).
     pub(super) fn create_sql(&self) -> String {
-        let n = if self.kind == Kind::Reference { "n bigint NOT NULL, " } else { "" };
+        let n = if self.kind.numbered() { "n bigint NOT NULL, " } else { "" };
         let columns: Vec<String> = self.columns.iter().map(|c| format!("{} {}", c.0, c.1)).collect();
         format!("CREATE TEMPORARY TABLE {} ({n}{})", self.staging(), columns.join(", "))
     }
@@ -216,7 +262,7 @@ impl Table {
     }
 
     pub(super) fn copy_types(&self) -> Vec<Type> {
-        let n = (self.kind == Kind::Reference).then_some(Type::INT8);
+        let n = self.kind.numbered().then_some(Type::INT8);
         n.into_iter().chain(self.columns.iter().map(|c| c.2.clone())).collect()
     }
 
@@ -232,6 +278,27 @@ impl Table {
                      ORDER BY {} ON CONFLICT DO NOTHING RETURNING 1) SELECT count(*), 0::bigint FROM stored",
                     self.names("s."),
                     key.split(", ").map(|k| format!("s.{k}")).collect::<Vec<_>>().join(", "),
+                )
+            }
+            // the last sent of each key, stored unless the newest stored version of the key has the same values (a
+            // one-row look-up of kalshi_candles_ticker per staged row); counted as new keys and revised ones
+            Kind::Revised => {
+                let keys: Vec<&str> = key.split(", ").collect();
+                let values: Vec<&str> = self.columns.iter().map(|c| c.0).filter(|c| !keys.contains(c)).collect();
+                let old: Vec<String> = values.iter().map(|c| format!("t.{c}")).collect();
+                let new: Vec<String> = values.iter().map(|c| format!("s.{c}")).collect();
+                let matching: Vec<String> = keys.iter().map(|k| format!("t.{k} = s.{k}")).collect();
+                format!(
+                    "WITH staged AS (SELECT DISTINCT ON ({key}) * FROM {staging} ORDER BY {key}, n DESC), \
+                     compared AS (SELECT s.*, newest.same FROM staged s LEFT JOIN LATERAL \
+                     (SELECT ({}) IS NOT DISTINCT FROM ({}) AS same FROM {name} t WHERE {} \
+                     ORDER BY t.ingest_seq DESC LIMIT 1) newest ON true), \
+                     stored AS (INSERT INTO {name} ({columns}) SELECT {columns} FROM compared \
+                     WHERE same IS NOT TRUE ORDER BY {key} RETURNING 1) \
+                     SELECT count(*) FILTER (WHERE same IS NULL), count(*) FILTER (WHERE NOT same) FROM compared",
+                    old.join(", "),
+                    new.join(", "),
+                    matching.join(" AND "),
                 )
             }
             Kind::Reference => {
@@ -263,11 +330,8 @@ impl Table {
 /// record the WebSocket before it fetches the markets) and read by their market ticker; the answer tells the
 /// client how many reference rows it still owes.
 pub(super) fn unreferenced_sql<'a>(tables: impl IntoIterator<Item = &'a Table>) -> Option<String> {
-    let staged: Vec<String> = tables
-        .into_iter()
-        .filter(|t| t.kind == Kind::Fact)
-        .map(|t| format!("SELECT ticker FROM {}", t.staging()))
-        .collect();
+    let staged: Vec<String> =
+        tables.into_iter().filter(|t| t.kind.fact()).map(|t| format!("SELECT ticker FROM {}", t.staging())).collect();
     (!staged.is_empty()).then(|| {
         format!(
             "SELECT count(DISTINCT ticker) FROM ({}) s \
@@ -345,6 +409,22 @@ impl Row for LifecycleRow {
     }
     fn day(&self) -> Option<NaiveDate> {
         Some(self.ts.date_naive())
+    }
+}
+
+impl Row for KalshiCandleRow {
+    const TABLE: &'static Table = &KALSHI_CANDLES;
+    fn values(&self) -> Vec<&(dyn ToSql + Sync)> {
+        let mut values: Vec<&(dyn ToSql + Sync)> = vec![&self.end_ts, &self.ticker, &self.period_minutes];
+        values.extend(self.yes_bid.iter().map(|v| v as &(dyn ToSql + Sync)));
+        values.extend(self.yes_ask.iter().map(|v| v as &(dyn ToSql + Sync)));
+        values.extend(self.price.iter().map(|v| v as &(dyn ToSql + Sync)));
+        values.push(&self.volume_centi);
+        values.push(&self.open_interest_centi);
+        values
+    }
+    fn day(&self) -> Option<NaiveDate> {
+        Some(self.end_ts.date_naive())
     }
 }
 
@@ -444,5 +524,11 @@ mod tests {
                 .contains("SELECT ticker FROM ingest_trades UNION ALL SELECT ticker FROM ingest_orderbook_deltas) s")
         );
         assert_eq!(unreferenced_sql([&MARKETS]), None);
+        let candles = KALSHI_CANDLES.store_sql();
+        assert!(candles.contains("SELECT DISTINCT ON (period_minutes, end_ts, ticker) * FROM ingest_kalshi_candles"));
+        assert!(candles.contains("ORDER BY t.ingest_seq DESC LIMIT 1"), "the newest version: {candles}");
+        assert!(candles.contains("WHERE same IS NOT TRUE"), "{candles}");
+        assert!(!candles.contains("t.ticker) IS NOT DISTINCT"), "the key is not compared: {candles}");
+        assert_eq!(KALSHI_CANDLES.copy_types().len(), KALSHI_CANDLES.columns.len() + 1, "with n");
     }
 }

@@ -350,6 +350,74 @@ pub fn lifecycle(at: At, bounds: &Bounds, event: &proto::LifecycleEvent) -> Resu
     })
 }
 
+/// One of Kalshi's candles as stored (table kalshi_candles, migration 0010).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KalshiCandleRow {
+    pub end_ts: DateTime<Utc>,
+    pub ticker: String,
+    pub period_minutes: i16,
+    /// YES bid and ask, each open, low, high, close (the table's column order).
+    pub yes_bid: [i64; 4],
+    pub yes_ask: [i64; 4],
+    /// Traded price: open, low, high, close, mean, previous; None for a period without trades.
+    pub price: [Option<i64>; 6],
+    pub volume_centi: i64,
+    pub open_interest_centi: i64,
+}
+
+/// A price of a Kalshi candle: 0 to 1 USD inclusive (a side without orders is quoted 0, or 1 USD for an ask).
+fn quote(at: At, name: &str, micros: i64) -> Result<i64, Error> {
+    if (0..=1_000_000).contains(&micros) {
+        Ok(micros)
+    } else {
+        Err(at.invalid(name, format!("must be between 0 and 1000000, got {micros}")))
+    }
+}
+
+/// Checks one of Kalshi's candles: a market, a period Kalshi serves, an end time in the fact bounds, prices of
+/// 0 to 1 USD, counts of 0 or more. The market need not have a reference row yet (a fact like the others: the
+/// write counts such markets as unreferenced).
+pub fn kalshi_candle(at: At, bounds: &Bounds, candle: &proto::KalshiCandle) -> Result<KalshiCandleRow, Error> {
+    let ticker = key_text(at, "market_ticker", &candle.market_ticker)?;
+    let period_minutes = match candle.period_minutes {
+        p @ (1 | 60 | 1440) => p as i16,
+        p => return Err(at.invalid("period_minutes", format!("must be 1, 60 or 1440, got {p}"))),
+    };
+    let end_ts = bounds.fact_time(at, "end_time", candle.end_time.as_ref())?;
+    let c = candle;
+    let yes_bid = [
+        quote(at, "yes_bid_open_micros", c.yes_bid_open_micros)?,
+        quote(at, "yes_bid_low_micros", c.yes_bid_low_micros)?,
+        quote(at, "yes_bid_high_micros", c.yes_bid_high_micros)?,
+        quote(at, "yes_bid_close_micros", c.yes_bid_close_micros)?,
+    ];
+    let yes_ask = [
+        quote(at, "yes_ask_open_micros", c.yes_ask_open_micros)?,
+        quote(at, "yes_ask_low_micros", c.yes_ask_low_micros)?,
+        quote(at, "yes_ask_high_micros", c.yes_ask_high_micros)?,
+        quote(at, "yes_ask_close_micros", c.yes_ask_close_micros)?,
+    ];
+    let optional = |name: &str, v: Option<i64>| v.map(|v| quote(at, name, v)).transpose();
+    let price = [
+        optional("price_open_micros", c.price_open_micros)?,
+        optional("price_low_micros", c.price_low_micros)?,
+        optional("price_high_micros", c.price_high_micros)?,
+        optional("price_close_micros", c.price_close_micros)?,
+        optional("price_mean_micros", c.price_mean_micros)?,
+        optional("price_previous_micros", c.price_previous_micros)?,
+    ];
+    Ok(KalshiCandleRow {
+        end_ts,
+        ticker,
+        period_minutes,
+        yes_bid,
+        yes_ask,
+        price,
+        volume_centi: non_negative(at, "volume_centi", c.volume_centi)?,
+        open_interest_centi: non_negative(at, "open_interest_centi", c.open_interest_centi)?,
+    })
+}
+
 /// A series as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SeriesRow {

@@ -12,6 +12,9 @@
 //!   rest in the same statement: coverage counts (0002), the watermark in commit order (0003) and the trade
 //!   aggregates (0006). The advisory lock that serializes fact writers is taken when the stores begin, so writers
 //!   stage side by side and queue only for their stores;
+//! - revised facts (Kalshi's candles, which Kalshi revises while their period is open): the last sent of each key,
+//!   stored as a new version unless the newest stored version has the same values; counted as inserted (a new
+//!   key), updated (a revision) or skipped;
 //! - reference rows (series, events, markets, settlements): an upsert, last writer wins on `updated_at`. Of the
 //!   rows with one key in a request, the latest `updated_at` wins, and the last sent on a tie. A stored row is
 //!   replaced only by a strictly newer one whose content differs, so re-sending a row changes nothing.
@@ -28,7 +31,7 @@ use std::pin::pin;
 use chrono::NaiveDate;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 
-use super::tables::{self, Kind, Row, Table};
+use super::tables::{self, Row, Table};
 use crate::{
     error::Error,
     proto,
@@ -209,12 +212,12 @@ impl PendingWrite {
             }
         };
         let staged = self.staged[slot].1;
-        let reference = table.kind == Kind::Reference;
+        let numbered = table.kind.numbered();
         let sink = self.conn().await?.copy_in(&table.copy_sql()).await?;
         let mut writer = pin!(BinaryCopyInWriter::new(sink, &table.copy_types()));
         for (n, row) in (staged..).zip(rows.iter()) {
             let mut values = row.values();
-            if reference {
+            if numbered {
                 values.insert(0, &n);
             }
             writer.as_mut().write(&values).await?;
@@ -239,7 +242,7 @@ impl PendingWrite {
         };
         // on an error, or dropped at an await, the connection leaves the pool closed (see the type's doc)
         conn.batch_execute("BEGIN").await?;
-        if self.staged.iter().any(|(t, _)| t.kind == Kind::Fact) {
+        if self.staged.iter().any(|(t, _)| t.kind.fact()) {
             // the lock the fact tables' trigger takes (0003), taken first so that the statements' snapshots
             // see every write committed before: SAME_TRADE's check must not miss a concurrent one
             conn.batch_execute(FACT_WRITE_LOCK).await?;

@@ -15,8 +15,9 @@
 //! - [`sql`]: literals, the market filter and the day segments of the COPY statements.
 //! - [`hash`]: the streams' content hash.
 //! - [`arrow`]: LAYOUT_ARROW's schemas, market-ticker dictionary and IPC stream writer, shared by the bodies.
-//! - the stream bodies: [`trades`] (StreamTrades) and [`candles`] (StreamCandles), which folds trades with
-//!   [`ohlcv`] and reads the write-time [`aggregates`].
+//! - the stream bodies: [`trades`] (StreamTrades), [`candles`] (StreamCandles), which folds trades with
+//!   [`ohlcv`] and reads the write-time [`aggregates`], and [`kalshi_candles`] (StreamKalshiCandles), Kalshi's own
+//!   candles as the collector stored them.
 
 #[macro_use]
 pub mod request;
@@ -25,6 +26,7 @@ pub mod aggregates;
 pub mod arrow;
 pub mod candles;
 pub mod hash;
+pub mod kalshi_candles;
 pub mod ohlcv;
 pub mod runner;
 pub mod snapshot;
@@ -37,8 +39,8 @@ use crate::{
     admission::Admission,
     limits::Limits,
     proto::{
-        StreamCandlesRequest, StreamCandlesResponse, StreamTradesRequest, StreamTradesResponse,
-        replay_service_server::ReplayService,
+        StreamCandlesRequest, StreamCandlesResponse, StreamKalshiCandlesRequest, StreamKalshiCandlesResponse,
+        StreamTradesRequest, StreamTradesResponse, replay_service_server::ReplayService,
     },
     store::db::Pool,
     token::TokenKey,
@@ -78,5 +80,20 @@ impl ReplayService for ReplayApi {
         request: Request<StreamCandlesRequest>,
     ) -> Result<Response<BoxStream<StreamCandlesResponse>>, Status> {
         runner::start::<candles::CandleStream>(&self.pool, &self.admission, &self.limits, &self.tokens, request).await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn stream_kalshi_candles(
+        &self,
+        request: Request<StreamKalshiCandlesRequest>,
+    ) -> Result<Response<BoxStream<StreamKalshiCandlesResponse>>, Status> {
+        runner::start::<kalshi_candles::KalshiCandleStream>(
+            &self.pool,
+            &self.admission,
+            &self.limits,
+            &self.tokens,
+            request,
+        )
+        .await
     }
 }

@@ -113,10 +113,15 @@ impl Reader {
         Ok(Some(Tuple { fields, len: at }))
     }
 
-    /// Field `i` of `tuple`; NULL is an error (the replays select NOT NULL columns only).
+    /// Field `i` of `tuple`; NULL is an error (for NOT NULL columns; see [`field_opt`](Self::field_opt)).
     pub fn field<const N: usize>(&self, tuple: &Tuple<N>, i: usize) -> Result<&[u8], Error> {
         let (at, len) = tuple.fields[i].ok_or_else(|| malformed(format!("NULL in field {i}")))?;
         Ok(&self.data()[at as usize..(at + len) as usize])
+    }
+
+    /// Field `i` of `tuple`, None for NULL (a nullable column).
+    pub fn field_opt<const N: usize>(&self, tuple: &Tuple<N>, i: usize) -> Option<&[u8]> {
+        tuple.fields[i].map(|(at, len)| &self.data()[at as usize..(at + len) as usize])
     }
 
     /// Drops `tuple` from the front of the buffer.

@@ -11,6 +11,13 @@
 //! the last page; a cursor that does not decode, belongs to another endpoint or points past the end is a 400.
 //! Trades come newest first (created_time descending, ties by trade_id descending); `min_ts` and `max_ts` are unix
 //! seconds, both inclusive: a trade at 10.5 s is in [10, 10]. Other lists keep the generated order.
+//!
+//! Candlesticks (`/series/{s}/markets/{t}/candlesticks` for markets not archived, `/historical/markets/{t}/
+//! candlesticks` for archived ones, each a 404 for the other kind) are computed from the market's trades
+//! ([`KalshiData::candles`]): one candle per period with trades, and one without trades (null prices) after each
+//! such period that the next trade does not fall in. `period_interval` must be 1, 60 or 1440, `start_ts` and
+//! `end_ts` are required, both inclusive on the candles' `end_period_ts`, and may span at most 5,000 periods;
+//! else 400.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -341,6 +348,8 @@ impl KalshiFake {
             .route("/historical/cutoff", get(cutoff))
             .route("/historical/markets", get(historical_markets))
             .route("/historical/markets/{ticker}", get(historical_market))
+            .route("/historical/markets/{ticker}/candlesticks", get(historical_candles))
+            .route("/series/{series_ticker}/markets/{ticker}/candlesticks", get(live_candles))
             .route("/historical/trades", get(historical_trades))
             .route("/series", get(series_list))
             .route("/series/{series_ticker}", get(series_one))
@@ -379,6 +388,12 @@ impl KalshiFake {
         let prefix = path_prefix.strip_prefix(BASE_PATH).unwrap_or(path_prefix);
         let by_path = self.shared.by_path.lock().expect("request counts");
         by_path.iter().filter(|(path, _)| path.starts_with(prefix)).map(|(_, n)| n).sum()
+    }
+
+    /// Requests received so far to Kalshi's candlesticks endpoints (paths ending in `/candlesticks`).
+    pub fn candle_requests(&self) -> u64 {
+        let by_path = self.shared.by_path.lock().expect("request counts");
+        by_path.iter().filter(|(path, _)| path.ends_with("/candlesticks")).map(|(_, n)| n).sum()
     }
 
     pub fn data(&self) -> &KalshiData {
@@ -767,4 +782,198 @@ fn trades(s: &Shared, q: &HashMap<String, String>, sorted: &[TradeKey], paging: 
     let (page, cursor) = paging.page(&matching, q)?;
     let trades: Vec<&Value> = page.into_iter().map(|i| &s.data.trades[i]).collect();
     ok(json!({ "trades": trades, "cursor": cursor }))
+}
+
+/// The most periods one candlesticks request may span (Kalshi's documented maximum).
+pub const MAX_CANDLES: i64 = 5000;
+
+/// One candle as the fake computes it, in the stored units: micro-dollars and centi-contracts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakeCandle {
+    pub ticker: String,
+    pub period_minutes: i64,
+    /// `end_period_ts`, unix seconds: the candle covers (end - period, end].
+    pub end: i64,
+    /// open, high, low, close.
+    pub yes_bid: [i64; 4],
+    pub yes_ask: [i64; 4],
+    /// open, high, low, close, mean, previous; None without trades (previous: none before).
+    pub price: [Option<i64>; 6],
+    pub volume_centi: i64,
+    pub open_interest_centi: i64,
+}
+
+/// Micro-dollars as a dollars string: 4 decimals where exact (Kalshi's usual), else 6.
+fn micros_dollars(micros: i64) -> String {
+    if micros % 100 == 0 {
+        format!("{}.{:04}", micros / 1_000_000, (micros % 1_000_000) / 100)
+    } else {
+        format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000)
+    }
+}
+
+impl FakeCandle {
+    /// The live endpoint's MarketCandlestick.
+    fn live_json(&self) -> Value {
+        let ohlc = |v: &[i64; 4]| {
+            json!({"open_dollars": micros_dollars(v[0]), "high_dollars": micros_dollars(v[1]),
+                   "low_dollars": micros_dollars(v[2]), "close_dollars": micros_dollars(v[3])})
+        };
+        let p = |i: usize| self.price[i].map(micros_dollars);
+        json!({
+            "end_period_ts": self.end,
+            "yes_bid": ohlc(&self.yes_bid),
+            "yes_ask": ohlc(&self.yes_ask),
+            "price": {"open_dollars": p(0), "high_dollars": p(1), "low_dollars": p(2), "close_dollars": p(3),
+                      "mean_dollars": p(4), "previous_dollars": p(5)},
+            "volume_fp": count_fp(self.volume_centi),
+            "open_interest_fp": count_fp(self.open_interest_centi),
+        })
+    }
+
+    /// The historical endpoint's MarketCandlestickHistorical.
+    fn historical_json(&self) -> Value {
+        let ohlc = |v: &[i64; 4]| {
+            json!({"open": micros_dollars(v[0]), "high": micros_dollars(v[1]), "low": micros_dollars(v[2]),
+                   "close": micros_dollars(v[3])})
+        };
+        let p = |i: usize| self.price[i].map(micros_dollars);
+        json!({
+            "end_period_ts": self.end,
+            "yes_bid": ohlc(&self.yes_bid),
+            "yes_ask": ohlc(&self.yes_ask),
+            "price": {"open": p(0), "high": p(1), "low": p(2), "close": p(3), "mean": p(4), "previous": p(5)},
+            "volume": count_fp(self.volume_centi),
+            "open_interest": count_fp(self.open_interest_centi),
+        })
+    }
+}
+
+impl KalshiData {
+    /// Every candle of `ticker` for `period_minutes`, oldest first, computed from its trades (in their generated
+    /// order, which is time order): OHLC, volume and the volume-weighted mean (rounded half up to the
+    /// micro-dollar) of the period's trades, `previous` the last price before it; the YES bid and ask one cent
+    /// below and above the last price before the period and each trade's (clamped to 0 and 1 USD); the open
+    /// interest a third of the volume so far. After each period with trades whose next period has none, a candle
+    /// of that quiet period (unless it begins after the market's close): null prices, bid and ask around the last
+    /// price.
+    pub fn candles(&self, ticker: &str, period_minutes: i64) -> Vec<FakeCandle> {
+        let step = period_minutes * 60 * 1_000_000;
+        let micros = |v: &Value| dollars_micros(v.as_str().unwrap_or("0"));
+        let trades: Vec<(i64, i64, i64)> = self
+            .trades
+            .iter()
+            .filter(|t| text(t, "ticker") == ticker)
+            .map(|t| {
+                let at = time(text(t, "created_time")).timestamp_micros();
+                let end = (at + step - 1).div_euclid(step) * step / 1_000_000;
+                (end, micros(&t["yes_price_dollars"]), dollars_micros(text(t, "count_fp")) / 10_000)
+            })
+            .collect();
+        // no candle of a period that begins at or after the market's close
+        let closes_at = self
+            .markets
+            .iter()
+            .find(|m| text(m, "ticker") == ticker)
+            .map_or(i64::MAX, |m| time(text(m, "close_time")).timestamp());
+        let quote = |mid: i64, delta: i64| (mid + delta).clamp(0, 1_000_000);
+        let ohlc = |series: &[i64]| {
+            [
+                series[0],
+                *series.iter().max().expect("one"),
+                *series.iter().min().expect("one"),
+                series[series.len() - 1],
+            ]
+        };
+        let mut out = Vec::new();
+        let (mut previous, mut volume_so_far) = (None::<i64>, 0i64);
+        let mut i = 0;
+        while i < trades.len() {
+            let end = trades[i].0;
+            let group: Vec<(i64, i64, i64)> = trades[i..].iter().take_while(|t| t.0 == end).copied().collect();
+            i += group.len();
+            let prices: Vec<i64> = group.iter().map(|t| t.1).collect();
+            let mut mids = vec![previous.unwrap_or(prices[0])];
+            mids.extend(&prices);
+            let volume: i64 = group.iter().map(|t| t.2).sum();
+            let notional: i64 = group.iter().map(|t| t.1 * t.2).sum();
+            volume_so_far += volume;
+            let [open, high, low, close] = ohlc(&prices);
+            out.push(FakeCandle {
+                ticker: ticker.to_owned(),
+                period_minutes,
+                end,
+                yes_bid: ohlc(&mids.iter().map(|m| quote(*m, -10_000)).collect::<Vec<_>>()),
+                yes_ask: ohlc(&mids.iter().map(|m| quote(*m, 10_000)).collect::<Vec<_>>()),
+                price: [
+                    Some(open),
+                    Some(high),
+                    Some(low),
+                    Some(close),
+                    Some((2 * notional + volume) / (2 * volume)),
+                    previous,
+                ],
+                volume_centi: volume,
+                open_interest_centi: volume_so_far / 3,
+            });
+            previous = Some(close);
+            let quiet = end + period_minutes * 60;
+            if trades.get(i).is_none_or(|t| t.0 != quiet) && quiet - period_minutes * 60 < closes_at {
+                out.push(FakeCandle {
+                    ticker: ticker.to_owned(),
+                    period_minutes,
+                    end: quiet,
+                    yes_bid: [quote(close, -10_000); 4],
+                    yes_ask: [quote(close, 10_000); 4],
+                    price: [None, None, None, None, None, Some(close)],
+                    volume_centi: 0,
+                    open_interest_centi: volume_so_far / 3,
+                });
+            }
+        }
+        out
+    }
+}
+
+/// A dollars string as micro-dollars, exactly (the fake's own strings: digits, a dot, up to 6 decimals).
+pub fn dollars_micros(text: &str) -> i64 {
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    let padded = format!("{fraction:0<6}");
+    whole.parse::<i64>().expect("whole") * 1_000_000 + padded[..6].parse::<i64>().expect("fraction")
+}
+
+async fn live_candles(
+    State(s): State<Arc<Shared>>,
+    Path((series, ticker)): Path<(String, String)>,
+    Query(q): Params,
+) -> Reply {
+    let market = s.index.markets.iter().find(|m| m.ticker == ticker && m.series == series && !m.archived);
+    market.ok_or_else(|| not_found("market", &ticker))?;
+    candlesticks(&s, &ticker, &q, FakeCandle::live_json)
+}
+
+async fn historical_candles(State(s): State<Arc<Shared>>, Path(ticker): Path<String>, Query(q): Params) -> Reply {
+    s.index.markets.iter().find(|m| m.ticker == ticker && m.archived).ok_or_else(|| not_found("market", &ticker))?;
+    candlesticks(&s, &ticker, &q, FakeCandle::historical_json)
+}
+
+fn candlesticks(s: &Shared, ticker: &str, q: &HashMap<String, String>, shape: fn(&FakeCandle) -> Value) -> Reply {
+    let period = match param(q, "period_interval") {
+        Some("1") => 1,
+        Some("60") => 60,
+        Some("1440") => 1440,
+        other => return Err(bad_request(format!("period_interval {other:?}: expected 1, 60 or 1440"))),
+    };
+    let start = unix_seconds(q, "start_ts")?.ok_or_else(|| bad_request("start_ts is required".into()))?;
+    let end = unix_seconds(q, "end_ts")?.ok_or_else(|| bad_request("end_ts is required".into()))?;
+    let step = period * 60;
+    let periods = end.div_euclid(step) - (start + step - 1).div_euclid(step) + 1;
+    if start > end || periods > MAX_CANDLES {
+        return Err(bad_request(format!(
+            "start_ts {start} to end_ts {end} spans {periods} periods of {period} minutes; at most {MAX_CANDLES}"
+        )));
+    }
+    let candles: Vec<Value> =
+        s.data.candles(ticker, period).iter().filter(|c| (start..=end).contains(&c.end)).map(shape).collect();
+    ok(json!({ "ticker": ticker, "candlesticks": candles }))
 }

@@ -11,12 +11,14 @@ use crate::{
     arrow::batches,
     proto::Event,
     proto::{
-        Candle, GetCoverageRequest, GetMarketRequest, GetSettlementRequest, Layout, ListEventsRequest,
+        Candle, GetCoverageRequest, GetMarketRequest, GetSettlementRequest, KalshiCandle, Layout, ListEventsRequest,
         ListMarketsRequest, ListSeriesRequest, ListSettlementsRequest, Market, MarketCoverage, Series, Settlement,
-        StreamCandlesRequest, StreamTradesRequest, Trade, reference_service_client::ReferenceServiceClient,
-        replay_service_client::ReplayServiceClient,
+        StreamCandlesRequest, StreamKalshiCandlesRequest, StreamTradesRequest, Trade,
+        reference_service_client::ReferenceServiceClient, replay_service_client::ReplayServiceClient,
     },
-    replay::{Candles, MAX_MESSAGE_BYTES, Replay, Resumer, Retries, RetryEvent, RetryPolicy, Trades, rows},
+    replay::{
+        Candles, KalshiCandles, MAX_MESSAGE_BYTES, Replay, Resumer, Retries, RetryEvent, RetryPolicy, Trades, rows,
+    },
 };
 
 /// A client of one kalshi-replay server (plaintext gRPC). Cheap to clone: clones share the connection.
@@ -176,6 +178,12 @@ impl Client {
     /// [`trades`](Self::trades) are.
     pub fn candles(&self, request: StreamCandlesRequest) -> Replay<Candle> {
         rows(Resumer::<Candles>::new(self.replay.clone(), self.retries.clone(), request, Layout::Rows))
+    }
+
+    /// Kalshi's own candles of `request` one by one, in the stream's order (end time, market ticker), resumed and
+    /// checked as [`trades`](Self::trades) are.
+    pub fn kalshi_candles(&self, request: StreamKalshiCandlesRequest) -> Replay<KalshiCandle> {
+        rows(Resumer::<KalshiCandles>::new(self.replay.clone(), self.retries.clone(), request, Layout::Rows))
     }
 
     /// The trades of `request` as Arrow record batches (LAYOUT_ARROW), one per data message (`batch_size` rows,

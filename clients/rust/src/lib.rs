@@ -48,14 +48,14 @@
 //!
 //! # Resume and the summary check
 //!
-//! A replay ([`Client::trades`], [`Client::candles`], [`Client::trades_arrow`], [`Client::candles_arrow`]) is
-//! one server stream as long as nothing goes wrong. When the call ends with UNAVAILABLE (the database was lost,
-//! the server shut down, the connection broke) or DEADLINE_EXCEEDED (the deadline set with
-//! [`Client::with_call_timeout`] passed), the client waits ([`RetryPolicy`]: 200 ms doubling, 5 attempts per
-//! cut by default), reports the retry ([`Client::on_retry`] and a `tracing` line at WARN), and sends the same
-//! request again with the resume token of the last data message it received: the server continues with exactly
-//! the remaining items, at the same data version. A call that ends without its summary counts as cut. Any other
-//! status, or the last failed attempt, ends the stream with that [`Error`].
+//! A replay ([`Client::trades`], [`Client::candles`], [`Client::kalshi_candles`], [`Client::trades_arrow`],
+//! [`Client::candles_arrow`]) is one server stream as long as nothing goes wrong. When the call ends with
+//! UNAVAILABLE (the database was lost, the server shut down, the connection broke) or DEADLINE_EXCEEDED (the
+//! deadline set with [`Client::with_call_timeout`] passed), the client waits ([`RetryPolicy`]: 200 ms doubling,
+//! 5 attempts per cut by default), reports the retry ([`Client::on_retry`] and a `tracing` line at WARN), and
+//! sends the same request again with the resume token of the last data message it received: the server continues
+//! with exactly the remaining items, at the same data version. A call that ends without its summary counts as
+//! cut. Any other status, or the last failed attempt, ends the stream with that [`Error`].
 //!
 //! At the end, the server's summary covers the whole request, across calls. The client checks it against what
 //! it delivered: the item count, and for rows the content hash too, SHA-256 over each item's canonical protobuf

@@ -20,8 +20,9 @@ use tonic::{Code, Status, Streaming, transport::Channel};
 use crate::{
     Error,
     proto::{
-        Candle, Layout, StreamCandlesRequest, StreamCandlesResponse, StreamSummary, StreamTradesRequest,
-        StreamTradesResponse, Trade, replay_service_client::ReplayServiceClient, stream_candles_response,
+        Candle, KalshiCandle, Layout, StreamCandlesRequest, StreamCandlesResponse, StreamKalshiCandlesRequest,
+        StreamKalshiCandlesResponse, StreamSummary, StreamTradesRequest, StreamTradesResponse, Trade,
+        replay_service_client::ReplayServiceClient, stream_candles_response, stream_kalshi_candles_response,
         stream_trades_response,
     },
     summary::Checker,
@@ -61,7 +62,7 @@ impl RetryPolicy {
 /// WARN).
 #[derive(Debug, Clone)]
 pub struct RetryEvent {
-    /// The RPC: `"StreamTrades"` or `"StreamCandles"`.
+    /// The RPC: `"StreamTrades"`, `"StreamCandles"` or `"StreamKalshiCandles"`.
     pub rpc: &'static str,
     /// The attempt for this cut, from 1 to the policy's `max_retries`.
     pub attempt: u32,
@@ -199,6 +200,42 @@ impl Rpc for Candles {
         let payload = match response.payload {
             Some(P::Candles(batch)) => Payload::Data(Data::Rows(batch.candles)),
             Some(P::Arrow(batch)) => Payload::Data(Data::Arrow(batch.ipc)),
+            Some(P::Summary(summary)) => Payload::Summary(summary),
+            None => Payload::Other("an empty payload"),
+        };
+        (payload, response.resume_token)
+    }
+}
+
+/// StreamKalshiCandles (rows only).
+#[derive(Debug)]
+pub(crate) enum KalshiCandles {}
+
+impl Rpc for KalshiCandles {
+    const NAME: &'static str = "StreamKalshiCandles";
+    type Request = StreamKalshiCandlesRequest;
+    type Response = StreamKalshiCandlesResponse;
+    type Item = KalshiCandle;
+
+    fn resume_token(request: &mut Self::Request) -> &mut String {
+        &mut request.resume_token
+    }
+
+    fn set_layout(request: &mut Self::Request, layout: Layout) {
+        request.layout = layout as i32;
+    }
+
+    async fn call(
+        mut client: ReplayServiceClient<Channel>,
+        request: tonic::Request<Self::Request>,
+    ) -> Result<Streaming<Self::Response>, Status> {
+        Ok(client.stream_kalshi_candles(request).await?.into_inner())
+    }
+
+    fn open(response: Self::Response) -> (Payload<KalshiCandle>, String) {
+        use stream_kalshi_candles_response::Payload as P;
+        let payload = match response.payload {
+            Some(P::Candles(batch)) => Payload::Data(Data::Rows(batch.candles)),
             Some(P::Summary(summary)) => Payload::Summary(summary),
             None => Payload::Other("an empty payload"),
         };

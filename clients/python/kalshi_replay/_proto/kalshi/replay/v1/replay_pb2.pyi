@@ -967,3 +967,139 @@ class ReplayEvent(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
 Global___ReplayEvent: _TypeAlias = ReplayEvent  # noqa: Y015
+
+@_typing.final
+class StreamKalshiCandlesRequest(_message.Message):
+    """Request of ReplayService.StreamKalshiCandles."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MARKET_TICKERS_FIELD_NUMBER: _builtins.int
+    EVENT_TICKERS_FIELD_NUMBER: _builtins.int
+    SERIES_TICKERS_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    PERIOD_MINUTES_FIELD_NUMBER: _builtins.int
+    RESUME_TOKEN_FIELD_NUMBER: _builtins.int
+    AS_OF_WATERMARK_FIELD_NUMBER: _builtins.int
+    BATCH_SIZE_FIELD_NUMBER: _builtins.int
+    LAYOUT_FIELD_NUMBER: _builtins.int
+    period_minutes: _builtins.int
+    """The period length in minutes: 1, 60 or 1440 (Kalshi's period_interval). Required; anything else is
+    INVALID_ARGUMENT.
+    """
+    resume_token: _builtins.str
+    """See StreamTradesRequest.resume_token."""
+    as_of_watermark: _builtins.int
+    """See StreamTradesRequest.as_of_watermark."""
+    batch_size: _builtins.int
+    """Candles per data message, 1 to 16384; 0 means 1024."""
+    layout: Global___Layout.ValueType
+    """LAYOUT_ROWS (default, also when unset); LAYOUT_COLUMNS and LAYOUT_ARROW are INVALID_ARGUMENT (not offered for
+    Kalshi's candles yet).
+    """
+    @_builtins.property
+    def market_tickers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Markets by ticker. See the market selection rules on ReplayService."""
+
+    @_builtins.property
+    def event_tickers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """All markets of these events."""
+
+    @_builtins.property
+    def series_tickers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """All markets of these series."""
+
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Candles whose period ends at or after this time. Required."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """Candles whose period ends before this time. Required, after start_time. (A candle ending exactly at end_time
+        belongs to the next range: ranges on the end time are half-open like every range here.)
+        """
+
+    def __init__(
+        self,
+        *,
+        market_tickers: _abc.Iterable[_builtins.str] | None = ...,
+        event_tickers: _abc.Iterable[_builtins.str] | None = ...,
+        series_tickers: _abc.Iterable[_builtins.str] | None = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        period_minutes: _builtins.int = ...,
+        resume_token: _builtins.str = ...,
+        as_of_watermark: _builtins.int | None = ...,
+        batch_size: _builtins.int = ...,
+        layout: Global___Layout.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_as_of_watermark", b"_as_of_watermark", "as_of_watermark", b"as_of_watermark", "end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_as_of_watermark", b"_as_of_watermark", "as_of_watermark", b"as_of_watermark", "batch_size", b"batch_size", "end_time", b"end_time", "event_tickers", b"event_tickers", "layout", b"layout", "market_tickers", b"market_tickers", "period_minutes", b"period_minutes", "resume_token", b"resume_token", "series_tickers", b"series_tickers", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__as_of_watermark: _TypeAlias = _typing.Literal["as_of_watermark"]  # noqa: Y015
+    _WhichOneofArgType__as_of_watermark: _TypeAlias = _typing.Literal["_as_of_watermark", b"_as_of_watermark"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__as_of_watermark) -> _WhichOneofReturnType__as_of_watermark | None: ...
+
+Global___StreamKalshiCandlesRequest: _TypeAlias = StreamKalshiCandlesRequest  # noqa: Y015
+
+@_typing.final
+class StreamKalshiCandlesResponse(_message.Message):
+    """Response of ReplayService.StreamKalshiCandles: a batch of candles, or the final summary."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CANDLES_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    RESUME_TOKEN_FIELD_NUMBER: _builtins.int
+    resume_token: _builtins.str
+    """On data messages: resumes the stream after this message's last candle. Empty on the summary."""
+    @_builtins.property
+    def candles(self) -> Global___KalshiCandleBatch:
+        """Candles in stream order."""
+
+    @_builtins.property
+    def summary(self) -> Global___StreamSummary:
+        """The final message of a complete stream."""
+
+    def __init__(
+        self,
+        *,
+        candles: Global___KalshiCandleBatch | None = ...,
+        summary: Global___StreamSummary | None = ...,
+        resume_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["candles", b"candles", "payload", b"payload", "summary", b"summary"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candles", b"candles", "payload", b"payload", "resume_token", b"resume_token", "summary", b"summary"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["candles", "summary"]  # noqa: Y015
+    _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
+
+Global___StreamKalshiCandlesResponse: _TypeAlias = StreamKalshiCandlesResponse  # noqa: Y015
+
+@_typing.final
+class KalshiCandleBatch(_message.Message):
+    """Kalshi's candles as rows."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CANDLES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def candles(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.KalshiCandle]:
+        """Candles in stream order."""
+
+    def __init__(
+        self,
+        *,
+        candles: _abc.Iterable[_types_pb2.KalshiCandle] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candles", b"candles"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KalshiCandleBatch: _TypeAlias = KalshiCandleBatch  # noqa: Y015

@@ -105,6 +105,11 @@ class ReplayServiceStub:
                 request_serializer=kalshi_dot_replay_dot_v1_dot_replay__pb2.ReplayRequest.SerializeToString,
                 response_deserializer=kalshi_dot_replay_dot_v1_dot_replay__pb2.ReplayResponse.FromString,
                 _registered_method=True)
+        self.StreamKalshiCandles = channel.unary_stream(
+                '/kalshi.replay.v1.ReplayService/StreamKalshiCandles',
+                request_serializer=kalshi_dot_replay_dot_v1_dot_replay__pb2.StreamKalshiCandlesRequest.SerializeToString,
+                response_deserializer=kalshi_dot_replay_dot_v1_dot_replay__pb2.StreamKalshiCandlesResponse.FromString,
+                _registered_method=True)
 
 
 class ReplayServiceServicer:
@@ -216,6 +221,30 @@ class ReplayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamKalshiCandles(self, request, context):
+        """Kalshi's own candlesticks of the selected markets whose period ends in [start_time, end_time), for one period
+        length, in the order (end time, market ticker): the candles `collect backfill` fetched from Kalshi or `import`
+        read from its pages, with the YES bid and ask OHLC that no stored trade can give. Kalshi revises a candle while
+        its period is open; each fetch that changed it stored a new version, and a stream yields the newest version at
+        or below its watermark (so a stream pinned with as_of_watermark sees the versions it saw then). The summary's
+        content_hash is SHA-256 over each KalshiCandle message prefixed by its length, as for StreamTrades. Only the
+        rows layout is offered (no Arrow yet).
+
+        Not the same candle as StreamCandles: see README "Kalshi's candles".
+
+        Markets are selected as for the other streams: a market known only by its Kalshi candles (pages imported
+        without its market) is NOT_FOUND until its market is upserted or imported too (`collect backfill` stores both).
+
+        The demo's generated data has no Kalshi candles, so there this example's stream is its summary alone; after a
+        `collect backfill`, name a market it fetched.
+        Example: grpcurl -plaintext -d '{"market_tickers": ["KXSYNAH-26JAN10-B730.75"], "start_time":
+        "2026-01-09T00:00:00Z", "end_time": "2026-01-11T00:00:00Z", "period_minutes": 60}' localhost:50051
+        kalshi.replay.v1.ReplayService/StreamKalshiCandles
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReplayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -243,6 +272,11 @@ def add_ReplayServiceServicer_to_server(servicer, server):
                     servicer.Replay,
                     request_deserializer=kalshi_dot_replay_dot_v1_dot_replay__pb2.ReplayRequest.FromString,
                     response_serializer=kalshi_dot_replay_dot_v1_dot_replay__pb2.ReplayResponse.SerializeToString,
+            ),
+            'StreamKalshiCandles': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamKalshiCandles,
+                    request_deserializer=kalshi_dot_replay_dot_v1_dot_replay__pb2.StreamKalshiCandlesRequest.FromString,
+                    response_serializer=kalshi_dot_replay_dot_v1_dot_replay__pb2.StreamKalshiCandlesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -426,6 +460,33 @@ class ReplayService:
             '/kalshi.replay.v1.ReplayService/Replay',
             kalshi_dot_replay_dot_v1_dot_replay__pb2.ReplayRequest.SerializeToString,
             kalshi_dot_replay_dot_v1_dot_replay__pb2.ReplayResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamKalshiCandles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/kalshi.replay.v1.ReplayService/StreamKalshiCandles',
+            kalshi_dot_replay_dot_v1_dot_replay__pb2.StreamKalshiCandlesRequest.SerializeToString,
+            kalshi_dot_replay_dot_v1_dot_replay__pb2.StreamKalshiCandlesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -117,6 +117,26 @@ class ReplayServiceStub:
     """A merged timeline of trades, order-book events and lifecycle events, in the order (time, kind rank, market
     ticker, sequence or id).
     """
+    StreamKalshiCandles: _grpc.UnaryStreamMultiCallable[_replay_pb2.StreamKalshiCandlesRequest, _replay_pb2.StreamKalshiCandlesResponse]
+    """Kalshi's own candlesticks of the selected markets whose period ends in [start_time, end_time), for one period
+    length, in the order (end time, market ticker): the candles `collect backfill` fetched from Kalshi or `import`
+    read from its pages, with the YES bid and ask OHLC that no stored trade can give. Kalshi revises a candle while
+    its period is open; each fetch that changed it stored a new version, and a stream yields the newest version at
+    or below its watermark (so a stream pinned with as_of_watermark sees the versions it saw then). The summary's
+    content_hash is SHA-256 over each KalshiCandle message prefixed by its length, as for StreamTrades. Only the
+    rows layout is offered (no Arrow yet).
+
+    Not the same candle as StreamCandles: see README "Kalshi's candles".
+
+    Markets are selected as for the other streams: a market known only by its Kalshi candles (pages imported
+    without its market) is NOT_FOUND until its market is upserted or imported too (`collect backfill` stores both).
+
+    The demo's generated data has no Kalshi candles, so there this example's stream is its summary alone; after a
+    `collect backfill`, name a market it fetched.
+    Example: grpcurl -plaintext -d '{"market_tickers": ["KXSYNAH-26JAN10-B730.75"], "start_time":
+      "2026-01-09T00:00:00Z", "end_time": "2026-01-11T00:00:00Z", "period_minutes": 60}' localhost:50051
+      kalshi.replay.v1.ReplayService/StreamKalshiCandles
+    """
 
 @_typing.type_check_only
 class ReplayServiceAsyncStub(ReplayServiceStub):
@@ -206,6 +226,26 @@ class ReplayServiceAsyncStub(ReplayServiceStub):
     Replay: _aio.UnaryStreamMultiCallable[_replay_pb2.ReplayRequest, _replay_pb2.ReplayResponse]  # type: ignore[assignment]
     """A merged timeline of trades, order-book events and lifecycle events, in the order (time, kind rank, market
     ticker, sequence or id).
+    """
+    StreamKalshiCandles: _aio.UnaryStreamMultiCallable[_replay_pb2.StreamKalshiCandlesRequest, _replay_pb2.StreamKalshiCandlesResponse]  # type: ignore[assignment]
+    """Kalshi's own candlesticks of the selected markets whose period ends in [start_time, end_time), for one period
+    length, in the order (end time, market ticker): the candles `collect backfill` fetched from Kalshi or `import`
+    read from its pages, with the YES bid and ask OHLC that no stored trade can give. Kalshi revises a candle while
+    its period is open; each fetch that changed it stored a new version, and a stream yields the newest version at
+    or below its watermark (so a stream pinned with as_of_watermark sees the versions it saw then). The summary's
+    content_hash is SHA-256 over each KalshiCandle message prefixed by its length, as for StreamTrades. Only the
+    rows layout is offered (no Arrow yet).
+
+    Not the same candle as StreamCandles: see README "Kalshi's candles".
+
+    Markets are selected as for the other streams: a market known only by its Kalshi candles (pages imported
+    without its market) is NOT_FOUND until its market is upserted or imported too (`collect backfill` stores both).
+
+    The demo's generated data has no Kalshi candles, so there this example's stream is its summary alone; after a
+    `collect backfill`, name a market it fetched.
+    Example: grpcurl -plaintext -d '{"market_tickers": ["KXSYNAH-26JAN10-B730.75"], "start_time":
+      "2026-01-09T00:00:00Z", "end_time": "2026-01-11T00:00:00Z", "period_minutes": 60}' localhost:50051
+      kalshi.replay.v1.ReplayService/StreamKalshiCandles
     """
 
 class ReplayServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -323,6 +363,32 @@ class ReplayServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_replay_pb2.ReplayResponse], _abc.AsyncIterator[_replay_pb2.ReplayResponse]]:
         """A merged timeline of trades, order-book events and lifecycle events, in the order (time, kind rank, market
         ticker, sequence or id).
+        """
+
+    @_abc_1.abstractmethod
+    def StreamKalshiCandles(
+        self,
+        request: _replay_pb2.StreamKalshiCandlesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_replay_pb2.StreamKalshiCandlesResponse], _abc.AsyncIterator[_replay_pb2.StreamKalshiCandlesResponse]]:
+        """Kalshi's own candlesticks of the selected markets whose period ends in [start_time, end_time), for one period
+        length, in the order (end time, market ticker): the candles `collect backfill` fetched from Kalshi or `import`
+        read from its pages, with the YES bid and ask OHLC that no stored trade can give. Kalshi revises a candle while
+        its period is open; each fetch that changed it stored a new version, and a stream yields the newest version at
+        or below its watermark (so a stream pinned with as_of_watermark sees the versions it saw then). The summary's
+        content_hash is SHA-256 over each KalshiCandle message prefixed by its length, as for StreamTrades. Only the
+        rows layout is offered (no Arrow yet).
+
+        Not the same candle as StreamCandles: see README "Kalshi's candles".
+
+        Markets are selected as for the other streams: a market known only by its Kalshi candles (pages imported
+        without its market) is NOT_FOUND until its market is upserted or imported too (`collect backfill` stores both).
+
+        The demo's generated data has no Kalshi candles, so there this example's stream is its summary alone; after a
+        `collect backfill`, name a market it fetched.
+        Example: grpcurl -plaintext -d '{"market_tickers": ["KXSYNAH-26JAN10-B730.75"], "start_time":
+          "2026-01-09T00:00:00Z", "end_time": "2026-01-11T00:00:00Z", "period_minutes": 60}' localhost:50051
+          kalshi.replay.v1.ReplayService/StreamKalshiCandles
         """
 
 def add_ReplayServiceServicer_to_server(servicer: ReplayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

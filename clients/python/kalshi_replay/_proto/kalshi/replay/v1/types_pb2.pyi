@@ -822,3 +822,130 @@ class LifecycleEvent(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__settlement_value_micros) -> _WhichOneofReturnType__settlement_value_micros | None: ...
 
 Global___LifecycleEvent: _TypeAlias = LifecycleEvent  # noqa: Y015
+
+@_typing.final
+class KalshiCandle(_message.Message):
+    """One of Kalshi's own candlesticks (its REST candlesticks endpoints), as `collect backfill` fetched it or `import`
+    read it: the YES bid and ask over the period, the traded price, the volume and the open interest, exactly as
+    Kalshi computed them (see README "Kalshi's candles" for how it differs from Candle, computed from stored trades).
+    The period is (end_time - period_minutes, end_time]: Kalshi names its end, which it calls inclusive.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MARKET_TICKER_FIELD_NUMBER: _builtins.int
+    PERIOD_MINUTES_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    YES_BID_OPEN_MICROS_FIELD_NUMBER: _builtins.int
+    YES_BID_HIGH_MICROS_FIELD_NUMBER: _builtins.int
+    YES_BID_LOW_MICROS_FIELD_NUMBER: _builtins.int
+    YES_BID_CLOSE_MICROS_FIELD_NUMBER: _builtins.int
+    YES_ASK_OPEN_MICROS_FIELD_NUMBER: _builtins.int
+    YES_ASK_HIGH_MICROS_FIELD_NUMBER: _builtins.int
+    YES_ASK_LOW_MICROS_FIELD_NUMBER: _builtins.int
+    YES_ASK_CLOSE_MICROS_FIELD_NUMBER: _builtins.int
+    PRICE_OPEN_MICROS_FIELD_NUMBER: _builtins.int
+    PRICE_HIGH_MICROS_FIELD_NUMBER: _builtins.int
+    PRICE_LOW_MICROS_FIELD_NUMBER: _builtins.int
+    PRICE_CLOSE_MICROS_FIELD_NUMBER: _builtins.int
+    PRICE_MEAN_MICROS_FIELD_NUMBER: _builtins.int
+    PRICE_PREVIOUS_MICROS_FIELD_NUMBER: _builtins.int
+    VOLUME_CENTI_FIELD_NUMBER: _builtins.int
+    OPEN_INTEREST_CENTI_FIELD_NUMBER: _builtins.int
+    INGEST_SEQ_FIELD_NUMBER: _builtins.int
+    market_ticker: _builtins.str
+    """The market."""
+    period_minutes: _builtins.int
+    """The period's length in minutes: 1, 60 or 1440 (Kalshi's period_interval)."""
+    yes_bid_open_micros: _builtins.int
+    """Best YES bid at the period's start, micro-dollars, 0 to 1_000_000 (0: no bid)."""
+    yes_bid_high_micros: _builtins.int
+    """Highest best YES bid during the period, micro-dollars, 0 to 1_000_000."""
+    yes_bid_low_micros: _builtins.int
+    """Lowest best YES bid during the period, micro-dollars, 0 to 1_000_000."""
+    yes_bid_close_micros: _builtins.int
+    """Best YES bid at the period's end, micro-dollars, 0 to 1_000_000."""
+    yes_ask_open_micros: _builtins.int
+    """Best YES ask at the period's start, micro-dollars, 0 to 1_000_000 (Kalshi reports 1 USD or 0 when none)."""
+    yes_ask_high_micros: _builtins.int
+    """Highest best YES ask during the period, micro-dollars, 0 to 1_000_000."""
+    yes_ask_low_micros: _builtins.int
+    """Lowest best YES ask during the period, micro-dollars, 0 to 1_000_000."""
+    yes_ask_close_micros: _builtins.int
+    """Best YES ask at the period's end, micro-dollars, 0 to 1_000_000."""
+    price_open_micros: _builtins.int
+    """Price of the period's first trade, micro-dollars, 0 to 1_000_000. Unset: no trade in the period."""
+    price_high_micros: _builtins.int
+    """Highest trade price, micro-dollars. Unset: no trade in the period."""
+    price_low_micros: _builtins.int
+    """Lowest trade price, micro-dollars. Unset: no trade in the period."""
+    price_close_micros: _builtins.int
+    """Price of the period's last trade, micro-dollars. Unset: no trade in the period."""
+    price_mean_micros: _builtins.int
+    """Kalshi's volume-weighted mean trade price, micro-dollars, as Kalshi rounded it. Unset: no trade in the period."""
+    price_previous_micros: _builtins.int
+    """Kalshi's last trade price before the period, micro-dollars. Unset: no trade before it (or Kalshi gave none)."""
+    volume_centi: _builtins.int
+    """Contracts traded in the period by Kalshi's count, centi-contracts, 0 or more."""
+    open_interest_centi: _builtins.int
+    """Contracts open at the period's end, centi-contracts, 0 or more."""
+    ingest_seq: _builtins.int
+    """The data version that stored this version of the candle (see the replay contract)."""
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """The period's end (Kalshi's end_period_ts, whole seconds), inclusive."""
+
+    def __init__(
+        self,
+        *,
+        market_ticker: _builtins.str = ...,
+        period_minutes: _builtins.int = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        yes_bid_open_micros: _builtins.int = ...,
+        yes_bid_high_micros: _builtins.int = ...,
+        yes_bid_low_micros: _builtins.int = ...,
+        yes_bid_close_micros: _builtins.int = ...,
+        yes_ask_open_micros: _builtins.int = ...,
+        yes_ask_high_micros: _builtins.int = ...,
+        yes_ask_low_micros: _builtins.int = ...,
+        yes_ask_close_micros: _builtins.int = ...,
+        price_open_micros: _builtins.int | None = ...,
+        price_high_micros: _builtins.int | None = ...,
+        price_low_micros: _builtins.int | None = ...,
+        price_close_micros: _builtins.int | None = ...,
+        price_mean_micros: _builtins.int | None = ...,
+        price_previous_micros: _builtins.int | None = ...,
+        volume_centi: _builtins.int = ...,
+        open_interest_centi: _builtins.int = ...,
+        ingest_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_price_close_micros", b"_price_close_micros", "_price_high_micros", b"_price_high_micros", "_price_low_micros", b"_price_low_micros", "_price_mean_micros", b"_price_mean_micros", "_price_open_micros", b"_price_open_micros", "_price_previous_micros", b"_price_previous_micros", "end_time", b"end_time", "price_close_micros", b"price_close_micros", "price_high_micros", b"price_high_micros", "price_low_micros", b"price_low_micros", "price_mean_micros", b"price_mean_micros", "price_open_micros", b"price_open_micros", "price_previous_micros", b"price_previous_micros"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_price_close_micros", b"_price_close_micros", "_price_high_micros", b"_price_high_micros", "_price_low_micros", b"_price_low_micros", "_price_mean_micros", b"_price_mean_micros", "_price_open_micros", b"_price_open_micros", "_price_previous_micros", b"_price_previous_micros", "end_time", b"end_time", "ingest_seq", b"ingest_seq", "market_ticker", b"market_ticker", "open_interest_centi", b"open_interest_centi", "period_minutes", b"period_minutes", "price_close_micros", b"price_close_micros", "price_high_micros", b"price_high_micros", "price_low_micros", b"price_low_micros", "price_mean_micros", b"price_mean_micros", "price_open_micros", b"price_open_micros", "price_previous_micros", b"price_previous_micros", "volume_centi", b"volume_centi", "yes_ask_close_micros", b"yes_ask_close_micros", "yes_ask_high_micros", b"yes_ask_high_micros", "yes_ask_low_micros", b"yes_ask_low_micros", "yes_ask_open_micros", b"yes_ask_open_micros", "yes_bid_close_micros", b"yes_bid_close_micros", "yes_bid_high_micros", b"yes_bid_high_micros", "yes_bid_low_micros", b"yes_bid_low_micros", "yes_bid_open_micros", b"yes_bid_open_micros"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__price_close_micros: _TypeAlias = _typing.Literal["price_close_micros"]  # noqa: Y015
+    _WhichOneofArgType__price_close_micros: _TypeAlias = _typing.Literal["_price_close_micros", b"_price_close_micros"]  # noqa: Y015
+    _WhichOneofReturnType__price_high_micros: _TypeAlias = _typing.Literal["price_high_micros"]  # noqa: Y015
+    _WhichOneofArgType__price_high_micros: _TypeAlias = _typing.Literal["_price_high_micros", b"_price_high_micros"]  # noqa: Y015
+    _WhichOneofReturnType__price_low_micros: _TypeAlias = _typing.Literal["price_low_micros"]  # noqa: Y015
+    _WhichOneofArgType__price_low_micros: _TypeAlias = _typing.Literal["_price_low_micros", b"_price_low_micros"]  # noqa: Y015
+    _WhichOneofReturnType__price_mean_micros: _TypeAlias = _typing.Literal["price_mean_micros"]  # noqa: Y015
+    _WhichOneofArgType__price_mean_micros: _TypeAlias = _typing.Literal["_price_mean_micros", b"_price_mean_micros"]  # noqa: Y015
+    _WhichOneofReturnType__price_open_micros: _TypeAlias = _typing.Literal["price_open_micros"]  # noqa: Y015
+    _WhichOneofArgType__price_open_micros: _TypeAlias = _typing.Literal["_price_open_micros", b"_price_open_micros"]  # noqa: Y015
+    _WhichOneofReturnType__price_previous_micros: _TypeAlias = _typing.Literal["price_previous_micros"]  # noqa: Y015
+    _WhichOneofArgType__price_previous_micros: _TypeAlias = _typing.Literal["_price_previous_micros", b"_price_previous_micros"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__price_close_micros) -> _WhichOneofReturnType__price_close_micros | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__price_high_micros) -> _WhichOneofReturnType__price_high_micros | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__price_low_micros) -> _WhichOneofReturnType__price_low_micros | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__price_mean_micros) -> _WhichOneofReturnType__price_mean_micros | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__price_open_micros) -> _WhichOneofReturnType__price_open_micros | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__price_previous_micros) -> _WhichOneofReturnType__price_previous_micros | None: ...
+
+Global___KalshiCandle: _TypeAlias = KalshiCandle  # noqa: Y015
