@@ -74,6 +74,8 @@ async fn main() -> Result<(), Error> {
                 concurrency: args.concurrency,
                 end: Some(start + chrono::Duration::days(40)),
                 limits: Limits::default(),
+                // trades only: the reference imports the same trade pages
+                candles: Vec::new(),
                 ..Default::default()
             };
             let started = Instant::now();

@@ -27,11 +27,8 @@ use super::positions::{self, Walk};
 use super::rest::KalshiRest;
 use crate::{
     error::Error,
-    import::{TableBuffers, kalshi},
-    ingest::{
-        validate::Bounds,
-        write::{self, PendingWrite, Stored},
-    },
+    import::TableBuffers,
+    ingest::write::{self, PendingWrite, Stored},
     limits::Limits,
     progress::{Progress, ProgressMode, Unit},
     store::db::Pool,
@@ -326,19 +323,7 @@ impl Backfill<'_> {
         write: &mut PendingWrite,
         buffers: &mut TableBuffers,
     ) -> Result<usize, Error> {
-        let records =
-            kalshi::parse_document(page).map_err(|e| Error::Kalshi { url: path.into(), reason: e.to_string() })?;
-        let bounds = Bounds::new(&self.options.limits, Utc::now());
-        let count = records.len();
-        for record in records {
-            buffers.push(write, record, &bounds).await.map_err(|e| match e {
-                Error::InvalidArgument { field, reason } => {
-                    Error::Kalshi { url: path.into(), reason: format!("{field}: {reason}") }
-                }
-                e => e,
-            })?;
-        }
-        Ok(count)
+        super::page::add(path, page, &self.options.limits, write, buffers).await
     }
 
     /// Commits `pages` pages added to `write` (which may carry the walk's position).

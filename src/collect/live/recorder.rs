@@ -13,12 +13,9 @@ use super::{
     report::{Health, Report},
 };
 use crate::{
-    collect::rest::KalshiRest,
+    collect::{page, rest::KalshiRest},
     error::Error,
-    import::{
-        TableBuffers,
-        kalshi::{self, Record},
-    },
+    import::{TableBuffers, kalshi::Record},
     ingest::{
         validate::Bounds,
         write::{PendingWrite, Stored},
@@ -121,17 +118,7 @@ impl<'a> Recorder<'a> {
         write: &mut PendingWrite,
         buffers: &mut TableBuffers,
     ) -> Result<(), Error> {
-        let records =
-            kalshi::parse_document(page).map_err(|e| Error::Kalshi { url: path.into(), reason: e.to_string() })?;
-        let bounds = Bounds::new(&self.options.limits, Utc::now());
-        for record in records {
-            buffers.push(write, record, &bounds).await.map_err(|e| match e {
-                Error::InvalidArgument { field, reason } => {
-                    Error::Kalshi { url: path.into(), reason: format!("{field}: {reason}") }
-                }
-                e => e,
-            })?;
-        }
+        page::add(path, page, &self.options.limits, write, buffers).await?;
         Ok(())
     }
 
