@@ -17,12 +17,10 @@ use kalshi_replay::{
         backfill::{self, Options, Report},
         rest::{KalshiRest, Policy},
     },
-    decimal,
     error::Error,
     limits::Limits,
-    proto::{StreamTradesRequest, replay_service_client::ReplayServiceClient},
+    proto::Trade,
 };
-use prost_types::Timestamp;
 use serde_json::Value;
 
 /// One trade as the tests compare them: id, market, time (µs), YES price (µ$), count (centi), side (1 YES, 2 NO).
@@ -70,49 +68,20 @@ fn series_of(data: &KalshiData) -> Vec<String> {
 
 /// The fake's trades, as stored rows would read.
 fn kalshi_rows(data: &KalshiData) -> BTreeSet<Row> {
-    let dollars = |v: &Value| decimal::dollars_to_micros(v.as_str().expect("dollars")).expect("exact");
-    data.trades
-        .iter()
-        .map(|t| {
-            let time = DateTime::parse_from_rfc3339(t["created_time"].as_str().expect("time")).expect("rfc3339");
-            let side = if t["taker_outcome_side"] == "yes" { 1 } else { 2 };
-            (
-                t["trade_id"].as_str().expect("id").to_owned(),
-                t["ticker"].as_str().expect("ticker").to_owned(),
-                time.timestamp_micros(),
-                dollars(&t["yes_price_dollars"]),
-                decimal::count_to_centi(t["count_fp"].as_str().expect("count")).expect("exact"),
-                side,
-            )
-        })
-        .collect()
+    data.trades.iter().map(|t| row(&common::kalshi_trade(t))).collect()
+}
+
+fn row(t: &Trade) -> Row {
+    let time = t.time.expect("time");
+    let micros = time.seconds * 1_000_000 + i64::from(time.nanos) / 1_000;
+    (t.trade_id.clone(), t.market_ticker.clone(), micros, t.yes_price_micros, t.count_centi, t.taker_side)
 }
 
 /// Every trade of the database, read back with StreamTrades over gRPC.
 async fn replayed(app: &TestApp, series: &[String]) -> BTreeSet<Row> {
-    let mut client = ReplayServiceClient::new(app.channel().await);
-    let request = StreamTradesRequest {
-        series_tickers: series.to_vec(),
-        start_time: Some(Timestamp { seconds: start().timestamp() - 86_400, nanos: 0 }),
-        end_time: Some(Timestamp { seconds: start().timestamp() + 30 * 86_400, nanos: 0 }),
-        ..Default::default()
-    };
-    let stream = client.stream_trades(request).await.expect("stream").into_inner();
-    let messages = common::collect(stream).await.expect("messages");
-    common::trades_of(&messages)
-        .into_iter()
-        .map(|t| {
-            let time = t.time.expect("time");
-            (
-                t.trade_id,
-                t.market_ticker,
-                time.seconds * 1_000_000 + i64::from(time.nanos) / 1_000,
-                t.yes_price_micros,
-                t.count_centi,
-                t.taker_side,
-            )
-        })
-        .collect()
+    let (trades, _) =
+        common::series_trades(app, series, start().timestamp() - 86_400, start().timestamp() + 30 * 86_400).await;
+    trades.iter().map(row).collect()
 }
 
 #[tokio::test]
@@ -125,6 +94,9 @@ async fn a_backfill_stores_what_kalshi_serves_through_429s_and_500s() {
     let want = kalshi_rows(fake.data());
     assert!(want.len() > 5_000, "a dataset of several pages per market: {}", want.len());
     assert_eq!(replayed(&app, &series).await, want, "the trades replayed are Kalshi's");
+    let (trades, summary) =
+        common::series_trades(&app, &series, start().timestamp() - 86_400, start().timestamp() + 30 * 86_400).await;
+    common::assert_hash_of_kalshi_trades(&fake.data().trades, &trades, &summary);
     assert_eq!(report.stored["trades"].inserted as usize, want.len(), "{report:?}");
     // a 429 every 7th request and a 500 every 11th: about a quarter of the requests are retries
     assert!(report.retries > 0 && report.retries * 3 < report.requests, "{report:?}");

@@ -25,14 +25,9 @@ use kalshi_replay::{
         live::{self, Options, Report},
         rest::{KalshiRest, Policy},
     },
-    decimal,
     error::Error,
-    proto::{
-        GetMarketRequest, StreamTradesRequest, reference_service_client::ReferenceServiceClient,
-        replay_service_client::ReplayServiceClient,
-    },
+    proto::{GetMarketRequest, StreamSummary, Trade, reference_service_client::ReferenceServiceClient},
 };
-use prost_types::Timestamp;
 use serde_json::Value;
 use tokio::{sync::oneshot, task::JoinHandle};
 use tokio_postgres::Client;
@@ -176,41 +171,23 @@ async fn market_stored(db: &Client, ticker: &str) -> bool {
 
 /// The trades the fake delivered, as stored rows would read.
 fn delivered_rows(ws: &KalshiWsFake) -> BTreeSet<Row> {
-    ws.delivered_trades().iter().map(trade_row).collect()
+    ws.delivered_trades().iter().map(|t| row(&common::kalshi_trade(t))).collect()
 }
 
-fn trade_row(t: &Value) -> Row {
-    let side = if t["taker_outcome_side"] == "yes" { 1 } else { 2 };
-    (
-        t["trade_id"].as_str().expect("id").to_owned(),
-        t["market_ticker"].as_str().expect("ticker").to_owned(),
-        t["ts_ms"].as_i64().expect("ts_ms") * 1000,
-        decimal::dollars_to_micros(t["yes_price_dollars"].as_str().expect("price")).expect("exact"),
-        decimal::count_to_centi(t["count_fp"].as_str().expect("count")).expect("exact"),
-        side,
-    )
+fn row(t: &Trade) -> Row {
+    let time = t.time.expect("time");
+    let micros = time.seconds * 1_000_000 + i64::from(time.nanos) / 1_000;
+    (t.trade_id.clone(), t.market_ticker.clone(), micros, t.yes_price_micros, t.count_centi, t.taker_side)
 }
 
-/// Every trade of the database, read back with StreamTrades over gRPC.
-async fn replayed(app: &TestApp, series: &str) -> BTreeSet<Row> {
-    let mut client = ReplayServiceClient::new(app.channel().await);
+/// Every trade of `series` of the last day and the next, read back with StreamTrades over gRPC, and the summary.
+async fn stream(app: &TestApp, series: &str) -> (Vec<Trade>, StreamSummary) {
     let now = Utc::now().timestamp();
-    let request = StreamTradesRequest {
-        series_tickers: vec![series.to_owned()],
-        start_time: Some(Timestamp { seconds: now - 86_400, nanos: 0 }),
-        end_time: Some(Timestamp { seconds: now + 86_400, nanos: 0 }),
-        ..Default::default()
-    };
-    let stream = client.stream_trades(request).await.expect("stream").into_inner();
-    let messages = common::collect(stream).await.expect("messages");
-    common::trades_of(&messages)
-        .into_iter()
-        .map(|t| {
-            let time = t.time.expect("time");
-            let micros = time.seconds * 1_000_000 + i64::from(time.nanos) / 1_000;
-            (t.trade_id, t.market_ticker, micros, t.yes_price_micros, t.count_centi, t.taker_side)
-        })
-        .collect()
+    common::series_trades(app, &[series.to_owned()], now - 86_400, now + 86_400).await
+}
+
+async fn replayed(app: &TestApp, series: &str) -> BTreeSet<Row> {
+    stream(app, series).await.0.iter().map(row).collect()
 }
 
 /// Waits until StreamTrades gives `want`.
@@ -250,6 +227,8 @@ async fn books_and_trades_equal_kalshis_through_drops_and_seq_gaps() {
     let db = app.db.client().await;
     books_converge(&db, &ws).await;
     trades_converge(&app, &series, &delivered_rows(&ws)).await;
+    let (trades, summary) = stream(&app, &series).await;
+    common::assert_hash_of_kalshi_trades(&ws.delivered_trades(), &trades, &summary);
     let report = recording.stop().await;
     assert!(ws.drops_made() >= 2 && ws.gaps_made() >= 2, "drops {} gaps {}", ws.drops_made(), ws.gaps_made());
     assert!(report.disconnects >= ws.drops_made(), "{report:?}");

@@ -24,8 +24,8 @@ use arrow_ipc::reader::StreamDecoder;
 use kalshi_replay::{
     error::Error,
     proto::{
-        Candle, StreamCandlesResponse, StreamSummary, StreamTradesResponse, Trade, TradeColumns,
-        stream_candles_response, stream_trades_response,
+        Candle, StreamCandlesResponse, StreamSummary, StreamTradesRequest, StreamTradesResponse, Trade, TradeColumns,
+        replay_service_client::ReplayServiceClient, stream_candles_response, stream_trades_response,
     },
     server::{self, Pools, ServerOptions},
     store::db::{self, Database},
@@ -422,6 +422,64 @@ pub fn expected_hash<M: prost::Message>(items: &[M]) -> Vec<u8> {
         hash.update(&encoded);
     }
     hash.finalize().to_vec()
+}
+
+/// Every trade of `series` in [start, end) (unix seconds), read back with StreamTrades, and the stream's summary.
+pub async fn series_trades(app: &TestApp, series: &[String], start: i64, end: i64) -> (Vec<Trade>, StreamSummary) {
+    let mut client = ReplayServiceClient::new(app.channel().await);
+    let request = StreamTradesRequest {
+        series_tickers: series.to_vec(),
+        start_time: Some(prost_types::Timestamp { seconds: start, nanos: 0 }),
+        end_time: Some(prost_types::Timestamp { seconds: end, nanos: 0 }),
+        ..Default::default()
+    };
+    let stream = client.stream_trades(request).await.expect("stream").into_inner();
+    let messages = collect(stream).await.expect("messages");
+    (trades_of(&messages), summary_of(&messages))
+}
+
+/// A trade of Kalshi's JSON (REST `ticker` or WebSocket `market_ticker`; `created_time` or `ts_ms`) as StreamTrades
+/// sends it, but for its ingest_seq (0), which only the database knows.
+pub fn kalshi_trade(t: &serde_json::Value) -> Trade {
+    use kalshi_replay::decimal;
+    let micros = match t["ts_ms"].as_i64() {
+        Some(ms) => ms * 1000,
+        None => chrono::DateTime::parse_from_rfc3339(t["created_time"].as_str().expect("time"))
+            .expect("rfc3339")
+            .timestamp_micros(),
+    };
+    let yes = decimal::dollars_to_micros(t["yes_price_dollars"].as_str().expect("price")).expect("exact");
+    Trade {
+        trade_id: t["trade_id"].as_str().expect("id").to_owned(),
+        market_ticker: t["market_ticker"].as_str().or(t["ticker"].as_str()).expect("ticker").to_owned(),
+        time: Some(prost_types::Timestamp {
+            seconds: micros.div_euclid(1_000_000),
+            nanos: (micros.rem_euclid(1_000_000) * 1000) as i32,
+        }),
+        yes_price_micros: yes,
+        no_price_micros: 1_000_000 - yes,
+        count_centi: decimal::count_to_centi(t["count_fp"].as_str().expect("count")).expect("exact"),
+        taker_side: if t["taker_outcome_side"] == "yes" { 1 } else { 2 },
+        ingest_seq: 0,
+    }
+}
+
+/// The summary's hash is the one computed here from Kalshi's own trades in the contract's order (time, market,
+/// trade id), each given the ingest_seq its stored row got (`replayed`, matched by trade id).
+pub fn assert_hash_of_kalshi_trades(kalshi: &[serde_json::Value], replayed: &[Trade], summary: &StreamSummary) {
+    let seqs: std::collections::HashMap<&str, i64> =
+        replayed.iter().map(|t| (t.trade_id.as_str(), t.ingest_seq)).collect();
+    let mut trades: Vec<Trade> = kalshi.iter().map(kalshi_trade).collect();
+    for t in &mut trades {
+        t.ingest_seq = *seqs.get(t.trade_id.as_str()).unwrap_or_else(|| panic!("trade {} not replayed", t.trade_id));
+    }
+    let key = |t: &Trade| {
+        let time = t.time.expect("time");
+        (time.seconds, time.nanos, t.market_ticker.clone(), t.trade_id.clone())
+    };
+    trades.sort_by_key(key);
+    assert_eq!(summary.item_count as usize, trades.len());
+    assert_eq!(summary.content_hash, expected_hash(&trades), "StreamTrades' hash against Kalshi's trades");
 }
 
 /// The trades of one call's data messages in any layout (see [`Call`]).
