@@ -87,7 +87,8 @@ async fn replayed(app: &TestApp, series: &[String]) -> BTreeSet<Row> {
 #[tokio::test]
 async fn a_backfill_stores_what_kalshi_serves_through_429s_and_500s() {
     let app = TestApp::start().await;
-    let faults = Faults { too_many_every: Some(7), retry_after_seconds: 0, server_error_every: Some(11) };
+    let faults =
+        Faults { too_many_every: Some(7), retry_after_seconds: 0, server_error_every: Some(11), ..Faults::default() };
     let fake = KalshiFake::start(data(), faults).await;
     let series = series_of(fake.data());
     let report = backfill(&app, &fake, &options(series.clone())).await.expect("backfill");
@@ -248,11 +249,33 @@ async fn the_command_backfills_and_prints_its_summary() {
     assert!(stderr.contains("selection: name at least one --series, --category, --event or --market"), "{stderr}");
 }
 
+/// A Kalshi that takes a request and then keeps the client waiting: the request times out (--request-timeout) and
+/// goes again, and the backfill stores everything.
+#[tokio::test]
+async fn a_stalled_request_times_out_and_goes_again() {
+    let app = TestApp::start().await;
+    let stall = Duration::from_secs(30);
+    let faults = Faults { stall_every: Some(4), stall, ..Faults::default() };
+    let fake = KalshiFake::start(KalshiData::generate(3, 1, 1, 3, 1_500, start(), 2), faults).await;
+    let series = series_of(fake.data());
+    let pool = app.db.database().pool(4, TIMEOUT).await.expect("pool");
+    let timeout = Duration::from_millis(300);
+    let rest = KalshiRest::new(&fake.base_url, Policy { timeout, ..policy(10_000) }).expect("client");
+    let started = std::time::Instant::now();
+    let report = backfill::run(&pool, &rest, &options(series.clone())).await.expect("backfill");
+    // each stalled request cost its timeout and a backoff, never the stall
+    assert!(started.elapsed() < stall, "{:?}", started.elapsed());
+    let stalled = fake.requests() / 4;
+    assert!(stalled >= 3 && report.retries >= stalled, "{stalled} stalled requests, {report:?}");
+    assert_eq!(replayed(&app, &series).await, kalshi_rows(fake.data()));
+}
+
 /// A 429's Retry-After is waited out before the request goes again.
 #[tokio::test]
 async fn a_429_waits_its_retry_after() {
     let app = TestApp::start().await;
-    let faults = Faults { too_many_every: Some(3), retry_after_seconds: 1, server_error_every: None };
+    let faults =
+        Faults { too_many_every: Some(3), retry_after_seconds: 1, server_error_every: None, ..Faults::default() };
     let fake = KalshiFake::start(KalshiData::generate(9, 1, 1, 1, 20, start(), 1), faults).await;
     let started = std::time::Instant::now();
     let report = backfill(&app, &fake, &options(series_of(fake.data()))).await.expect("backfill");

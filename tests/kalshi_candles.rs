@@ -367,7 +367,8 @@ async fn streamed(client: &mut Client, series: &[String], period: i32) -> Vec<Ka
 #[tokio::test]
 async fn a_backfill_stores_exactly_the_fakes_candles_and_a_rerun_fetches_only_the_tail() {
     let app = TestApp::start().await;
-    let faults = Faults { too_many_every: Some(7), retry_after_seconds: 0, server_error_every: Some(11) };
+    let faults =
+        Faults { too_many_every: Some(7), retry_after_seconds: 0, server_error_every: Some(11), ..Faults::default() };
     let fake = KalshiFake::start(data(), faults).await;
     let series = series_of(fake.data());
     let report = backfill(&app, &fake, &options(series.clone(), vec![1, 60, 1440])).await.expect("backfill");

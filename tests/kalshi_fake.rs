@@ -182,7 +182,8 @@ async fn filters_and_errors_answer_as_kalshi() {
 
 #[tokio::test]
 async fn faults_come_on_schedule() {
-    let faults = Faults { too_many_every: Some(3), retry_after_seconds: 2, server_error_every: Some(5) };
+    let faults =
+        Faults { too_many_every: Some(3), retry_after_seconds: 2, server_error_every: Some(5), ..Faults::default() };
     let fake = KalshiFake::start(data(), faults).await;
     let mut statuses = Vec::new();
     for _ in 0..6 {

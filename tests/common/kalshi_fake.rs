@@ -323,6 +323,10 @@ pub struct Faults {
     pub retry_after_seconds: u64,
     /// Every n-th request is a 500.
     pub server_error_every: Option<u64>,
+    /// Every n-th request (not already a 429 or a 500) is answered only after `stall`: a Kalshi that accepts the
+    /// request and then keeps the client waiting.
+    pub stall_every: Option<u64>,
+    pub stall: std::time::Duration,
 }
 
 /// The fake server on 127.0.0.1, stopped when dropped.
@@ -521,6 +525,9 @@ async fn count_and_fault(State(s): State<Arc<Shared>>, request: Request, next: N
         let message = format!("request {n} failed");
         return Refusal { status: StatusCode::INTERNAL_SERVER_ERROR, code: "internal_server_error", message }
             .into_response();
+    }
+    if due(s.faults.stall_every) {
+        tokio::time::sleep(s.faults.stall).await;
     }
     next.run(request).await
 }
