@@ -8,9 +8,9 @@
 //! ```
 //!
 //! The fakes are the tests' (tests/common/kalshi_fake.rs for the REST definitions, tests/common/kalshi_ws_fake.rs
-//! for the feed); the recorder and a gRPC server run in this process. A poller calls StreamTrades over the last
-//! seconds again and again and notes when each trade first arrives: the figures include up to one poll's time
-//! (printed as the resolution), so they bound the latency from above.
+//! for the feed); the recorder and a gRPC server run in this process. A poller calls StreamTrades from a second
+//! before the latest trade it saw, again and again, and notes when each trade first arrives: the figures include
+//! up to one poll's time (printed as the resolution), so they bound the latency from above.
 
 #[path = "support/fresh_db.rs"]
 mod fresh_db;
@@ -156,6 +156,8 @@ async fn measure(
     let count = (rate * seconds) as usize;
     let mut client = ReplayServiceClient::connect(format!("http://{addr}")).await?;
     let mut seen: HashMap<String, Instant> = HashMap::new();
+    // the latest trade time seen: each poll reads from a second before it, not the whole run again
+    let mut latest = Utc::now().timestamp_micros();
     let mut polls = Vec::new();
     let emitting = ws.emit_trades_at(f64::from(rate), count);
     let mut emitting = std::pin::pin!(emitting);
@@ -166,7 +168,7 @@ async fn measure(
             return Err(format!("{} of {count} trades readable after a minute", seen.len()).into());
         }
         // the poll runs while the fake emits: both are polled by this task
-        let poll = poll(&mut client, series, &mut seen);
+        let poll = poll(&mut client, series, &mut seen, &mut latest);
         let polled = if emitted {
             poll.await?
         } else {
@@ -195,18 +197,21 @@ async fn measure(
     Ok(figures)
 }
 
-/// One StreamTrades call over the last few seconds; notes when each new trade arrived. Its duration in ms.
+/// One StreamTrades call from a second before the `latest` trade time seen (writes commit in the order the
+/// recorder received them, so a newly readable trade is not older than that); notes when each new trade arrived.
+/// Its duration in ms.
 async fn poll(
     client: &mut ReplayServiceClient<tonic::transport::Channel>,
     series: &str,
     seen: &mut HashMap<String, Instant>,
+    latest: &mut i64,
 ) -> Result<f64, Error> {
     let started = Instant::now();
-    let now = Utc::now();
+    let from = *latest - 1_000_000;
     let request = StreamTradesRequest {
         series_tickers: vec![series.to_owned()],
-        start_time: Some(Timestamp { seconds: now.timestamp() - 3, nanos: 0 }),
-        end_time: Some(Timestamp { seconds: now.timestamp() + 3600, nanos: 0 }),
+        start_time: Some(Timestamp { seconds: from.div_euclid(1_000_000), nanos: 0 }),
+        end_time: Some(Timestamp { seconds: Utc::now().timestamp() + 3600, nanos: 0 }),
         ..Default::default()
     };
     let mut stream = client.stream_trades(request).await?.into_inner();
@@ -214,6 +219,9 @@ async fn poll(
         let arrived = Instant::now();
         if let Some(Payload::Trades(batch)) = message.payload {
             for trade in batch.trades {
+                if let Some(time) = trade.time {
+                    *latest = (*latest).max(time.seconds * 1_000_000 + i64::from(time.nanos) / 1000);
+                }
                 seen.entry(trade.trade_id).or_insert(arrived);
             }
         }
